@@ -1,0 +1,425 @@
+"""The recorder: what happened to every payment and side effect, and a per-second series.
+
+One :class:`Recorder` belongs to one run. Phases report to it (a payment
+completed, a webhook failed, ...), the runner samples it once per simulated
+second, and at the end it produces the summary that the CLI prints as JSON and
+the lessons plot.
+
+Outcomes of a payment
+---------------------
+``authorized``
+    the request returned success: the customer was told "paid".
+``failed``
+    the customer was told it failed, and no money moved (a card decline, or
+    no database connection before the authorization).
+``stuck``
+    in limbo: the payment was accepted but never resolved. Either money was
+    authorized and the request then died, or the request was still waiting
+    when the run ended (the customer is looking at a spinner). This is the
+    story's "stuck in limbo"; ``stuck_dollars`` adds them up, and
+    ``stuck_authorized`` / ``stuck_authorized_dollars`` count the subset
+    where money had already moved.
+
+``attempted == authorized + failed + stuck`` always holds.
+
+Memory is measured for real (``tracemalloc`` by default): the Python heap
+allocated since the run began, so a leak of tasks shows up as bytes. It is a
+measurement of this process, not a model, and so it (with ``wall_seconds``)
+is the one part of a summary that is not byte-identical between two runs of
+the same seed: see :data:`NONDETERMINISTIC_KEYS`.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+import tracemalloc
+from collections import Counter, deque
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Any
+
+from .domain import Payment
+
+__all__ = [
+    "MemoryProbe",
+    "NONDETERMINISTIC_KEYS",
+    "Recorder",
+    "SIDE_EFFECT_OUTCOMES",
+    "hhmmss",
+    "percentile",
+    "strip_nondeterministic",
+]
+
+#: Summary keys that measure the machine rather than the model.
+NONDETERMINISTIC_KEYS = ("wall_seconds", "memory", "payments_per_wall_second")
+#: Series columns that measure the machine rather than the model.
+NONDETERMINISTIC_SERIES = ("memory_bytes",)
+
+SIDE_EFFECT_OUTCOMES = ("delivered", "failed", "dropped", "dead_lettered")
+
+
+def hhmmss(story_seconds: float) -> str:
+    """Format seconds since midnight as ``HH:MM:SS`` (wrapping past midnight)."""
+    total = int(math.floor(story_seconds)) % 86_400
+    return f"{total // 3600:02d}:{total % 3600 // 60:02d}:{total % 60:02d}"
+
+
+def percentile(sorted_values: list[float], q: float) -> float:
+    """Nearest-rank percentile of an already sorted list (``q`` in 0..100)."""
+    if not sorted_values:
+        return float("nan")
+    rank = max(1, math.ceil(q / 100.0 * len(sorted_values)))
+    return sorted_values[min(rank, len(sorted_values)) - 1]
+
+
+def strip_nondeterministic(summary: dict[str, Any]) -> dict[str, Any]:
+    """A copy of ``summary`` without the wall-clock and memory measurements."""
+    clean = {k: v for k, v in summary.items() if k not in NONDETERMINISTIC_KEYS}
+    for key, value in summary.items():
+        if isinstance(value, dict) and key not in NONDETERMINISTIC_KEYS:
+            clean[key] = {k: v for k, v in value.items()
+                          if not (k.endswith("_bytes") or k.startswith("bytes_") or k == "memory")}
+    if "series" in clean:
+        clean["series"] = {k: v for k, v in clean["series"].items() if k not in NONDETERMINISTIC_SERIES}
+    return clean
+
+
+class MemoryProbe:
+    """Measures the process's memory for the recorder.
+
+    ``how="tracemalloc"`` (the default) reports bytes of Python heap allocated
+    while tracing: precise, and blind to everything allocated before the run.
+    Tracing is reference-counted so that concurrent runs (a live run and a
+    quick cell in the same notebook) share it. ``how="rss"`` reports the
+    resident set size from ``psutil``: what the OS sees, noisier. ``how="off"``
+    reports zeros (for benchmarks of the engine alone).
+    """
+
+    _lock = threading.Lock()
+    _users = 0
+    _we_started = False
+
+    DESCRIPTIONS = {
+        "tracemalloc": "tracemalloc: bytes of Python heap allocated since tracing began, sampled each simulated second",
+        "rss": "rss: resident set size of the process (psutil), sampled each simulated second",
+        "off": "off: memory was not measured",
+    }
+
+    def __init__(self, how: str = "tracemalloc") -> None:
+        if how not in self.DESCRIPTIONS:
+            raise ValueError(f"memory must be one of {', '.join(self.DESCRIPTIONS)}, got {how!r}")
+        self.how = how
+        self._process: Any = None
+        self._open = False
+
+    def __enter__(self) -> MemoryProbe:
+        if self.how == "tracemalloc":
+            with MemoryProbe._lock:
+                if MemoryProbe._users == 0 and not tracemalloc.is_tracing():
+                    tracemalloc.start(1)
+                    MemoryProbe._we_started = True
+                MemoryProbe._users += 1
+        elif self.how == "rss":
+            import psutil
+
+            self._process = psutil.Process()
+        self._open = True
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        if self.how == "tracemalloc" and self._open:
+            with MemoryProbe._lock:
+                MemoryProbe._users -= 1
+                if MemoryProbe._users == 0 and MemoryProbe._we_started:
+                    tracemalloc.stop()
+                    MemoryProbe._we_started = False
+        self._open = False
+
+    @property
+    def description(self) -> str:
+        return self.DESCRIPTIONS[self.how]
+
+    def sample(self) -> int:
+        if self.how == "tracemalloc":
+            return tracemalloc.get_traced_memory()[0] if tracemalloc.is_tracing() else 0
+        if self.how == "rss":
+            return int(self._process.memory_info().rss)
+        return 0
+
+
+@dataclass(slots=True)
+class _InFlight:
+    payment: Payment
+    started: float
+    authorized: bool = False
+
+
+class Recorder:
+    """Collects outcomes, latencies and the per-second series of one run.
+
+    ``clock`` returns story time in seconds since midnight. All methods are
+    called from the simulation's thread; the series lists only ever grow, so
+    another thread (the notebook dashboard) may read them while a run is live.
+    """
+
+    def __init__(self, clock: Callable[[], float], memory: MemoryProbe | None = None) -> None:
+        self.clock = clock
+        self.memory = memory or MemoryProbe("off")
+        self.attempted = 0
+        self.authorized = 0
+        self.failed = 0
+        self.stuck = 0
+        self.stuck_cents_usd = 0.0
+        self.stuck_authorized = 0
+        self.stuck_authorized_usd = 0.0
+        self.failed_reasons: Counter[str] = Counter()
+        self.stuck_reasons: Counter[str] = Counter()
+        self.latencies: list[float] = []
+        self.authorization_latencies: list[float] = []
+        self._in_flight: dict[str, _InFlight] = {}
+        self._window: list[float] = []
+        self.recent: deque[tuple[float, float]] = deque()  # (completed at, latency) over the last minute
+        self._window_failed = 0
+        self._window_arrivals = 0
+        self.last_completion: float | None = None
+        self.side_effects: dict[str, Counter[str]] = {}
+        self.side_effect_reasons: Counter[tuple[str, str, str]] = Counter()
+        self.side_effect_latencies: dict[str, list[float]] = {}
+        self.tasks_in_flight = 0
+        self.peak_tasks = 0
+        self.events: list[tuple[float, int, str, str]] = []
+        self._event_serial = 0
+        self._marks: set[str] = set()
+        self.gauges: dict[str, Callable[[], float]] = {}
+        self.series: dict[str, list[Any]] = {name: [] for name in (
+            "t", "clock", "arrivals", "completed", "failed", "p50_ms", "p99_ms",
+            "in_flight_payments", "in_flight_tasks", "db_in_use", "db_waiting", "memory_bytes")}
+        self.memory_start = 0
+        self.memory_peak = 0
+        self.memory_end = 0
+        self._t0 = clock()
+
+    # ----------------------------------------------------------------- events
+    def event(self, what: str, kind: str = "observed", at: float | None = None) -> None:
+        """Log a story-time event. ``kind`` is ``"scripted"`` for inputs, ``"observed"`` for what emerged."""
+        self._event_serial += 1
+        self.events.append((self.clock() if at is None else at, self._event_serial, kind, what))
+
+    def mark_once(self, key: str, what: str, kind: str = "observed", at: float | None = None) -> bool:
+        """Log ``what`` the first time ``key`` is marked; return whether it was the first time."""
+        if key in self._marks:
+            return False
+        self._marks.add(key)
+        self.event(what, kind, at)
+        return True
+
+    def marked(self, key: str) -> bool:
+        return key in self._marks
+
+    # --------------------------------------------------------------- payments
+    def payment_started(self, payment: Payment) -> None:
+        self.attempted += 1
+        self._window_arrivals += 1
+        self._in_flight[payment.id] = _InFlight(payment, self.clock())
+
+    def payment_authorized(self, payment: Payment, latency: float) -> None:
+        """The gateway approved: from now on the money has moved."""
+        entry = self._in_flight.get(payment.id)
+        if entry is not None:
+            entry.authorized = True
+        self.authorization_latencies.append(latency)
+
+    def payment_completed(self, payment: Payment) -> None:
+        entry = self._in_flight.pop(payment.id, None)
+        if entry is None:
+            return
+        now = self.clock()
+        latency = now - entry.started
+        self.authorized += 1
+        self.latencies.append(latency)
+        self._window.append(latency)
+        self.recent.append((now, latency))
+        self.last_completion = now
+
+    def payment_errored(self, payment: Payment, reason: str) -> None:
+        """The request ended in an error: failed if no money moved, stuck if it had."""
+        entry = self._in_flight.pop(payment.id, None)
+        if entry is None:
+            return
+        if entry.authorized:
+            self._stuck(entry, f"authorized, then {reason}")
+        else:
+            self.failed += 1
+            self.failed_reasons[reason] += 1
+            self._window_failed += 1
+
+    def _stuck(self, entry: _InFlight, reason: str) -> None:
+        dollars = entry.payment.dollars
+        self.stuck += 1
+        self.stuck_reasons[reason] += 1
+        self.stuck_cents_usd += dollars
+        if entry.authorized:
+            self.stuck_authorized += 1
+            self.stuck_authorized_usd += dollars
+
+    def close_in_flight(self) -> None:
+        """The run is over: every payment still in flight is stuck in limbo."""
+        for entry in list(self._in_flight.values()):
+            del self._in_flight[entry.payment.id]
+            if entry.authorized:
+                self._stuck(entry, "authorized, still running when the run ended")
+            else:
+                self._stuck(entry, "waiting, not yet authorized, when the run ended")
+
+    @property
+    def in_flight_payments(self) -> int:
+        return len(self._in_flight)
+
+    def recent_median(self, seconds: float = 60.0, minimum: int = 10) -> float | None:
+        """Median latency of the payments completed in the last ``seconds`` (None if fewer than ``minimum``)."""
+        horizon = self.clock() - seconds
+        recent = self.recent
+        while recent and recent[0][0] < horizon:
+            recent.popleft()
+        if len(recent) < minimum:
+            return None
+        values = sorted(latency for _, latency in recent)
+        return values[len(values) // 2]
+
+    # ----------------------------------------------------------- side effects
+    def side_effect_started(self, kind: str) -> None:
+        counts = self.side_effects.get(kind)
+        if counts is None:
+            counts = self.side_effects[kind] = Counter()
+        counts["started"] += 1
+
+    def side_effect_finished(self, kind: str, outcome: str, *, latency: float | None = None,
+                             reason: str | None = None) -> None:
+        """Record the end of one side effect: ``delivered``, ``failed``, ``dropped`` or ``dead_lettered``."""
+        if outcome not in SIDE_EFFECT_OUTCOMES:
+            raise ValueError(f"unknown side-effect outcome {outcome!r}")
+        counts = self.side_effects.get(kind)
+        if counts is None:
+            counts = self.side_effects[kind] = Counter()
+        counts[outcome] += 1
+        if reason is not None:
+            self.side_effect_reasons[(kind, outcome, reason)] += 1
+        if latency is not None and outcome == "delivered":
+            self.side_effect_latencies.setdefault(kind, []).append(latency)
+
+    def side_effect_totals(self) -> dict[str, int]:
+        totals = {outcome: 0 for outcome in SIDE_EFFECT_OUTCOMES}
+        started = 0
+        for counts in self.side_effects.values():
+            started += counts["started"]
+            for outcome in SIDE_EFFECT_OUTCOMES:
+                totals[outcome] += counts[outcome]
+        totals["pending"] = started - sum(totals[o] for o in SIDE_EFFECT_OUTCOMES)
+        return totals
+
+    # ------------------------------------------------------------------ tasks
+    def task_started(self) -> None:
+        self.tasks_in_flight += 1
+        if self.tasks_in_flight > self.peak_tasks:
+            self.peak_tasks = self.tasks_in_flight
+
+    def task_finished(self) -> None:
+        self.tasks_in_flight -= 1
+
+    # ----------------------------------------------------------------- series
+    def add_gauge(self, name: str, read: Callable[[], float]) -> None:
+        """Sample ``read()`` into a series column called ``name`` every simulated second."""
+        if name in self.series and name not in self.gauges:
+            raise ValueError(f"series column {name!r} already exists")
+        self.gauges[name] = read
+        self.series.setdefault(name, [None] * len(self.series["t"]))
+
+    def sample(self, db_in_use: int, db_waiting: int) -> None:
+        """Append one row to the series (called once per simulated second)."""
+        now = self.clock()
+        window = sorted(self._window)
+        memory = self.memory.sample()
+        if memory > self.memory_peak:
+            self.memory_peak = memory
+        self.memory_end = memory
+        row = {
+            "t": round(now - self._t0, 6),
+            "clock": round(now, 6),
+            "arrivals": self._window_arrivals,
+            "completed": len(window),
+            "failed": self._window_failed,
+            "p50_ms": round(percentile(window, 50) * 1000, 3) if window else None,
+            "p99_ms": round(percentile(window, 99) * 1000, 3) if window else None,
+            "in_flight_payments": len(self._in_flight),
+            "in_flight_tasks": self.tasks_in_flight,
+            "db_in_use": db_in_use,
+            "db_waiting": db_waiting,
+            "memory_bytes": memory,
+        }
+        for name, read in self.gauges.items():
+            row[name] = read()
+        # Append column by column; "t" last, so a reader that sizes by "t" sees complete rows.
+        for name, value in row.items():
+            if name != "t":
+                self.series[name].append(value)
+        self.series["t"].append(row["t"])
+        self._window = []
+        self._window_failed = 0
+        self._window_arrivals = 0
+
+    def start_memory(self) -> None:
+        self.memory_start = self.memory_peak = self.memory_end = self.memory.sample()
+
+    # ---------------------------------------------------------------- summary
+    def latency_summary(self, values: Iterable[float] | None = None) -> dict[str, float | None]:
+        data = sorted(self.latencies if values is None else values)
+        if not data:
+            return {"mean": None, "p50": None, "p95": None, "p99": None, "max": None}
+        return {
+            "mean": round(sum(data) / len(data) * 1000, 3),
+            "p50": round(percentile(data, 50) * 1000, 3),
+            "p95": round(percentile(data, 95) * 1000, 3),
+            "p99": round(percentile(data, 99) * 1000, 3),
+            "max": round(data[-1] * 1000, 3),
+        }
+
+    def sorted_events(self) -> list[dict[str, str]]:
+        return [{"at": hhmmss(at), "what": what, "kind": kind}
+                for at, _, kind, what in sorted(self.events, key=lambda e: (e[0], e[1]))]
+
+    def summary(self) -> dict[str, Any]:
+        """The parts of the JSON contract the recorder owns."""
+        by_kind = {
+            kind: {"started": counts["started"],
+                   **{o: counts[o] for o in SIDE_EFFECT_OUTCOMES},
+                   "pending": counts["started"] - sum(counts[o] for o in SIDE_EFFECT_OUTCOMES)}
+            for kind, counts in sorted(self.side_effects.items())
+        }
+        reasons: dict[str, dict[str, int]] = {}
+        for (kind, outcome, reason), n in sorted(self.side_effect_reasons.items()):
+            reasons.setdefault(f"{kind}.{outcome}", {})[reason] = n
+        return {
+            "payments": {
+                "attempted": self.attempted,
+                "authorized": self.authorized,
+                "failed": self.failed,
+                "stuck": self.stuck,
+                "stuck_dollars": round(self.stuck_cents_usd, 2),
+                "stuck_authorized": self.stuck_authorized,
+                "stuck_authorized_dollars": round(self.stuck_authorized_usd, 2),
+                "failed_by_reason": dict(sorted(self.failed_reasons.items())),
+                "stuck_by_reason": dict(sorted(self.stuck_reasons.items())),
+            },
+            "latency_ms": self.latency_summary(),
+            "authorization_ms": self.latency_summary(self.authorization_latencies),
+            "side_effects": {**self.side_effect_totals(), "by_kind": by_kind, "reasons": reasons},
+            "memory": {
+                "start_bytes": self.memory_start,
+                "peak_bytes": self.memory_peak,
+                "end_bytes": self.memory_end,
+                "how": self.memory.description,
+            },
+            "tasks": {"peak_in_flight": self.peak_tasks, "end_in_flight": self.tasks_in_flight},
+            "events": self.sorted_events(),
+        }

@@ -1,0 +1,253 @@
+"""The simulated PayFlow world: merchants, downstream services, the database pool and the faults.
+
+Everything a phase talks to lives here, and every random draw comes from the
+world's one seeded :class:`random.Random`. The services only *take time*
+(``anyio.sleep``) and sometimes fail; they never look at a wall clock, so the
+same world runs in virtual time (tests, CLI, notebook summaries), paced (live
+notebooks) or in real time.
+
+The services, with their calibration in :mod:`payflow_lab.calibration`:
+
+=====================  =========================================================
+``authorize``          the payment gateway (~150 ms); a small share is declined
+``db_query``           one fast query on a connection the caller already holds
+``deliver_webhook``    POST to the merchant's endpoint; may be slow, fail,
+                       refuse the connection, or hang (see :mod:`.faults`)
+``write_analytics``    a ~2 s database write: borrows its own pool connection
+``write_audit_log``    a ~1 s database write: borrows its own pool connection
+``update_risk_score``  a ~3 s call to the risk service
+``notify_fraud``       a ~2 s call to the fraud API
+=====================  =========================================================
+"""
+
+from __future__ import annotations
+
+import bisect
+import math
+import random
+from collections.abc import Awaitable, Callable
+
+import anyio
+
+from . import calibration as cal
+from .db import ConnectionPool
+from .domain import CURRENCIES, EndpointProfile, Merchant, MerchantDirectory, Payment, Tier, ValidationError
+from .faults import EndpointMode, FaultPlan
+from .metrics import Recorder
+
+__all__ = ["Declined", "EndpointError", "SCALE_LIMITS", "SIDE_EFFECT_KINDS", "World"]
+
+#: The five side effects of the original code, in the order it awaited them.
+SIDE_EFFECT_KINDS = ("webhook", "analytics", "audit", "risk", "fraud")
+
+#: The scale knob's bounds: 0.002 keeps at least a handful of merchants; 2 is twice PayFlow.
+SCALE_LIMITS = (0.002, 2.0)
+
+_NAMES_A = ("Acme", "Blue", "Cedar", "Delta", "Ember", "Fjord", "Golden", "Harbor", "Iris", "Juniper",
+            "Kite", "Lumen", "Maple", "North", "Orbit", "Pine", "Quartz", "River", "Summit", "Tidal",
+            "Umber", "Vista", "Willow", "Yonder", "Zephyr")
+_NAMES_B = ("Outfitters", "Books", "Coffee", "Electronics", "Games", "Home", "Kitchen", "Labs", "Market",
+            "Apparel", "Pets", "Records", "Sports", "Supply", "Travel", "Toys", "Goods", "Studio")
+
+#: Currencies PayFlow's traffic arrives in, with their shares.
+_CURRENCY_MIX = (("USD", 0.86), ("EUR", 0.05), ("GBP", 0.03), ("CAD", 0.03), ("AUD", 0.02), ("CHF", 0.01))
+
+
+class Declined(Exception):
+    """The card network declined the authorization. No money moved."""
+
+
+class EndpointError(Exception):
+    """A merchant's webhook endpoint answered with an error or refused the connection."""
+
+
+def _lognormal(rng: random.Random, dist: cal.Distribution) -> float:
+    return rng.lognormvariate(math.log(dist.median), dist.sigma)
+
+
+class World:
+    """Merchants, services, the DB pool and the fault plan of one run.
+
+    ``clock`` returns story time (seconds since midnight); ``scale`` shrinks
+    merchants, traffic and the pool together. ``recorder`` receives the
+    authorizations the gateway makes (so that a payment whose request later
+    dies is known to be *stuck*, not merely failed).
+    """
+
+    def __init__(self, *, seed: int, scale: float, clock: Callable[[], float],
+                 recorder: Recorder, faults: FaultPlan | None = None) -> None:
+        if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+            raise ValidationError("seed", f"must be a non-negative integer, got {seed!r}")
+        low, high = SCALE_LIMITS
+        if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not low <= scale <= high:
+            raise ValidationError("scale", f"must be between {low:g} and {high:g}, got {scale!r}")
+        self.seed = seed
+        self.scale = float(scale)
+        self.rng = random.Random(seed)
+        self.clock = clock
+        self.recorder = recorder
+        self.faults = faults or FaultPlan()
+        self.merchants = MerchantDirectory(self._make_merchants())
+        self._merchant_list = list(self.merchants.values())
+        weights = self._volume_weights()
+        total = sum(weights)
+        acc = 0.0
+        self._cumulative: list[float] = []
+        for w in weights:
+            acc += w / total
+            self._cumulative.append(acc)
+        self._currency_names = [c for c, _ in _CURRENCY_MIX]
+        self._currency_cum = []
+        acc = 0.0
+        for _, share in _CURRENCY_MIX:
+            acc += share
+            self._currency_cum.append(acc)
+        self.pool = ConnectionPool(
+            max(1, round(cal.DB_POOL_SIZE * self.scale)), cal.DB_CHECKOUT_TIMEOUT_S,
+            on_exhausted=self._pool_exhausted)
+        self._payment_serial = 0
+        self.base_rate = self._base_rate() * self.scale
+
+    # ------------------------------------------------------------ merchants
+    def _make_merchants(self) -> list[Merchant]:
+        merchants: list[Merchant] = []
+        serial = 0
+        # Enterprise first, so that mch_00001 is PayFlow's biggest merchant at every scale.
+        for tier in (Tier.ENTERPRISE, Tier.PREMIUM, Tier.STANDARD):
+            profile = cal.TIERS[tier]
+            count = max(1, round(cal.MERCHANTS * self.scale * profile.merchant_share))
+            for _ in range(count):
+                serial += 1
+                median = profile.endpoint.median * self.rng.lognormvariate(0.0, profile.merchant_spread)
+                name = f"{self.rng.choice(_NAMES_A)} {self.rng.choice(_NAMES_B)}"
+                merchants.append(Merchant(
+                    id=f"mch_{serial:05d}", name=name, tier=tier,
+                    endpoint=EndpointProfile(median_latency_s=median, sigma=profile.endpoint.sigma,
+                                             error_rate=profile.endpoint_error_rate),
+                    webhook_rate_per_s=profile.webhook_rate_per_s,
+                    webhook_burst=profile.webhook_burst,
+                ))
+        return merchants
+
+    def _volume_weights(self) -> list[float]:
+        """Each tier gets its share of volume, spread over its merchants by a Zipf-like law."""
+        by_tier: dict[Tier, list[Merchant]] = {tier: [] for tier in Tier}
+        for merchant in self._merchant_list:
+            by_tier[merchant.tier].append(merchant)
+        weight: dict[str, float] = {}
+        for tier, members in by_tier.items():
+            raw = [1.0 / (rank + 1) ** 0.8 for rank in range(len(members))]
+            total = sum(raw)
+            for merchant, r in zip(members, raw):
+                weight[merchant.id] = cal.TIERS[tier].volume_share * r / total
+        return [weight[m.id] for m in self._merchant_list]
+
+    def busiest(self, tier: Tier) -> Merchant:
+        """The merchant of ``tier`` that receives the most payments."""
+        return next(m for m in self._merchant_list if m.tier is tier)
+
+    def merchants_of(self, tier: Tier) -> list[Merchant]:
+        return [m for m in self._merchant_list if m.tier is tier]
+
+    @staticmethod
+    def _base_rate() -> float:
+        """Payments per second, averaged over the day, at scale 1 ($10M / mean ticket / 86,400 s)."""
+        mean_ticket = sum(p.volume_share * p.ticket.median * math.exp(p.ticket.sigma ** 2 / 2)
+                          for p in cal.TIERS.values())
+        return cal.DAILY_VOLUME_USD / mean_ticket / 86_400.0
+
+    # ------------------------------------------------------------- payments
+    def new_payment(self) -> Payment:
+        """Draw the next customer payment: a merchant by volume, an amount by tier, a currency."""
+        rng = self.rng
+        merchant = self._merchant_list[bisect.bisect_left(self._cumulative, rng.random() * self._cumulative[-1])]
+        dollars = _lognormal(rng, cal.TIERS[merchant.tier].ticket)
+        currency = self._currency_names[bisect.bisect_left(self._currency_cum, rng.random() * self._currency_cum[-1])]
+        cents = max(50, min(int(dollars / CURRENCIES[currency] * 100), 100_000_000))
+        self._payment_serial += 1
+        return Payment(
+            id=f"pay_{self._payment_serial:06x}{rng.getrandbits(24):06x}",
+            merchant_id=merchant.id, amount_cents=cents, currency=currency,
+            created_at=round(self.clock(), 6),
+        )
+
+    # ------------------------------------------------------------- services
+    async def authorize(self, payment: Payment) -> None:
+        """Ask the gateway to authorize ``payment``; raise :class:`Declined` if the card is declined."""
+        latency = _lognormal(self.rng, cal.AUTHORIZATION)
+        declined = self.rng.random() < cal.DECLINE_RATE
+        await anyio.sleep(latency)
+        if declined:
+            raise Declined("card declined by the network")
+        self.recorder.payment_authorized(payment, latency)
+
+    async def db_query(self) -> None:
+        """One fast query on a connection the caller holds."""
+        await anyio.sleep(_lognormal(self.rng, cal.DB_QUERY))
+
+    async def deliver_webhook(self, payment: Payment) -> None:
+        """POST ``payment.authorized`` to the payment's merchant. Slow, failing or hanging as the fault plan says.
+
+        Raises :class:`EndpointError` on a 5xx or a refused connection. A
+        hanging endpoint never returns: only the caller's timeout (a cancel
+        scope) ends the call.
+        """
+        merchant = self.merchants[payment.merchant_id]
+        faults = self.faults
+        mode, extra_error = faults.endpoint_mode(merchant.id, merchant.tier)
+        rng = self.rng
+        if mode is EndpointMode.DOWN:
+            await anyio.sleep(0.005 + 0.01 * rng.random())
+            raise EndpointError("connection refused")
+        if mode is EndpointMode.HANG or (faults.webhook_hang_rate and rng.random() < faults.webhook_hang_rate):
+            await anyio.sleep_forever()
+        profile = merchant.endpoint
+        latency = rng.lognormvariate(math.log(profile.median_latency_s), profile.sigma)
+        latency *= faults.webhook_latency_multiplier
+        failed = rng.random() < max(profile.error_rate, extra_error)
+        await anyio.sleep(latency)
+        if failed:
+            raise EndpointError("HTTP 503 from merchant endpoint")
+
+    async def _db_write(self, dist: cal.Distribution, checkout_timeout: float | None) -> None:
+        duration = _lognormal(self.rng, dist)
+        async with self.pool.connection(checkout_timeout):
+            await anyio.sleep(duration)
+
+    async def write_analytics(self, payment: Payment, *, checkout_timeout: float | None = None) -> None:
+        """Write the analytics row (~2 s). A database write: needs its own connection.
+
+        ``checkout_timeout`` bounds the wait for that connection (``None``: wait for ever).
+        """
+        await self._db_write(cal.SIDE_EFFECTS["analytics"], checkout_timeout)
+
+    async def write_audit_log(self, payment: Payment, *, checkout_timeout: float | None = None) -> None:
+        """Append to the audit log (~1 s). A database write: needs its own connection (see :meth:`write_analytics`)."""
+        await self._db_write(cal.SIDE_EFFECTS["audit"], checkout_timeout)
+
+    async def update_risk_score(self, payment: Payment) -> None:
+        """Recalculate the merchant's risk score (~3 s)."""
+        await anyio.sleep(_lognormal(self.rng, cal.SIDE_EFFECTS["risk"]))
+
+    async def notify_fraud(self, payment: Payment) -> None:
+        """Tell the fraud system about the payment (~2 s)."""
+        await anyio.sleep(_lognormal(self.rng, cal.SIDE_EFFECTS["fraud"]))
+
+    def service(self, kind: str) -> Callable[[Payment], Awaitable[None]]:
+        """The service behind side effect ``kind`` (one of :data:`SIDE_EFFECT_KINDS`)."""
+        services = {
+            "webhook": self.deliver_webhook,
+            "analytics": self.write_analytics,
+            "audit": self.write_audit_log,
+            "risk": self.update_risk_score,
+            "fraud": self.notify_fraud,
+        }
+        try:
+            return services[kind]
+        except KeyError:
+            raise ValidationError("side_effect", f"unknown side effect {kind!r}; known: {', '.join(services)}") from None
+
+    # ------------------------------------------------------------ internals
+    def _pool_exhausted(self) -> None:
+        self.recorder.mark_once(
+            "pool_exhausted", f"database connection pool exhausted: all {self.pool.size} connections busy")
