@@ -115,7 +115,7 @@ def _progress(enabled: bool) -> tuple[Callable[[Any], None], Callable[[], None]]
             progress.start()
             state["progress"] = progress
             state["task"] = progress.add_task(
-                f"{simulation.config.scenario}, phase {simulation.config.phase}",
+                f"{simulation.config.scenario_name}, phase {simulation.config.phase}",
                 total=simulation.config.sim_duration, clock="")
         from .metrics import hhmmss
 

@@ -39,7 +39,7 @@ from .domain import Payment, ValidationError
 from .faults import FaultPlan
 from .metrics import MemoryProbe, Recorder, hhmmss
 from .phases import Pipeline, get_phase
-from .scenarios import SCENARIOS, Scenario, get_scenario
+from .scenarios import Scenario, get_scenario
 from .traffic import arrivals
 from .vtime import BACKENDS, run_virtual
 from .world import SCALE_LIMITS, Declined, World
@@ -71,7 +71,7 @@ FREEZE_WINDOW_S = 60.0
 class RunConfig:
     """Everything that determines a run. Validated on construction; every error names its field."""
 
-    scenario: str = "normal"
+    scenario: str | Scenario = "normal"
     phase: int = 1
     seed: int = 0
     scale: float = DEFAULT_SCALE
@@ -82,7 +82,7 @@ class RunConfig:
     drain_seconds: float = DRAIN_SECONDS
 
     def __post_init__(self) -> None:
-        if self.scenario not in SCENARIOS:
+        if not isinstance(self.scenario, Scenario):
             get_scenario(self.scenario)
         get_phase(self.phase)
         if isinstance(self.seed, bool) or not isinstance(self.seed, int) or not 0 <= self.seed < 2**63:
@@ -105,7 +105,11 @@ class RunConfig:
 
     @property
     def scenario_obj(self) -> Scenario:
-        return get_scenario(self.scenario)
+        return self.scenario if isinstance(self.scenario, Scenario) else get_scenario(self.scenario)
+
+    @property
+    def scenario_name(self) -> str:
+        return self.scenario_obj.name
 
     @property
     def sim_duration(self) -> float:
@@ -388,7 +392,7 @@ class Simulation:
         mean_latency = (sum(recorder.latencies) / len(recorder.latencies)) if recorder.latencies else 0.0
         rate = recorder.attempted / max(1e-9, self.config.sim_duration)
         summary: dict[str, Any] = {
-            "scenario": self.config.scenario,
+            "scenario": self.config.scenario_name,
             "phase": self.config.phase,
             "seed": self.config.seed,
             "scale": self.config.scale,
@@ -468,7 +472,7 @@ def run_config(config: RunConfig, *, controls: Controls | None = None,
     return _in_worker_thread(go) if _loop_running_here() else go()
 
 
-def run(scenario: str = "normal", phase: int = 1, *, seed: int = 0, scale: float = DEFAULT_SCALE,
+def run(scenario: str | Scenario = "normal", phase: int = 1, *, seed: int = 0, scale: float = DEFAULT_SCALE,
         backend: str = DEFAULT_BACKEND, duration: float | None = None, memory: str = "tracemalloc",
         faults: Mapping[str, Any] | None = None) -> RunResult:
     """Run one phase through one scenario in virtual time and return the result.
@@ -481,7 +485,7 @@ def run(scenario: str = "normal", phase: int = 1, *, seed: int = 0, scale: float
     return run_config(config)
 
 
-async def run_async(scenario: str = "normal", phase: int = 1, **options: Any) -> RunResult:
+async def run_async(scenario: str | Scenario = "normal", phase: int = 1, **options: Any) -> RunResult:
     """:func:`run` for async callers: the simulation runs in a worker thread; the caller's loop stays free."""
     config = RunConfig(scenario=scenario, phase=phase, **options)
     simulation = Simulation(config)

@@ -63,6 +63,19 @@ class Scenario:
     steps: tuple[Step, ...] = field(default=())
     initial: Mapping[str, Any] = field(default_factory=dict)
 
+    def __post_init__(self) -> None:
+        from .domain import ValidationError
+
+        if not isinstance(self.name, str) or not self.name:
+            raise ValidationError("scenario.name", f"must be a non-empty string, got {self.name!r}")
+        if not isinstance(self.start, (int, float)) or not 0 <= self.start < 86_400:
+            raise ValidationError("scenario.start", f"must be seconds since midnight (0-86399), got {self.start!r}")
+        if not isinstance(self.duration, (int, float)) or not 0 < self.duration <= 86_400:
+            raise ValidationError("scenario.duration", f"must be between 0 and 86400 s, got {self.duration!r}")
+        for step in self.steps:
+            if not isinstance(step, Step):
+                raise ValidationError("scenario.steps", f"must hold Step objects, got {type(step).__name__}")
+
     @property
     def end(self) -> float:
         return self.start + self.duration
