@@ -1,0 +1,182 @@
+"""Prometheus metrics for the resilience parts, read from the parts themselves at scrape time.
+
+The breakers, buckets, retry policies, budgets and dead-letter stores already
+count what they do; :class:`ResilienceCollector` is a prometheus_client
+custom collector that turns those counts into metrics whenever the registry
+is scraped, so no code on the delivery path has to remember to increment a
+second counter. Register it on a registry of the run's own
+(:func:`resilience_registry`), so a notebook can rerun a cell without
+"Duplicated timeseries" errors.
+
+The metrics (``payflow_`` is the default namespace), following Prometheus
+conventions (``_total`` counters, units in names, ``snake_case`` labels):
+
+==============================================  =======  =======================================
+metric                                          type     labels
+==============================================  =======  =======================================
+``payflow_circuit_breaker_state``               gauge    ``breaker``, ``state`` (1 for the current one)
+``payflow_circuit_breaker_transitions_total``   counter  ``breaker``, ``from_state``, ``to_state``
+``payflow_circuit_breaker_calls_total``         counter  ``breaker``, ``decision`` (admitted, rejected)
+``payflow_rate_limiter_requests_total``         counter  ``key``, ``result`` (immediate, delayed, rejected)
+``payflow_rate_limiter_wait_seconds_total``     counter  ``key``
+``payflow_retry_attempts_total``                counter  ``policy``
+``payflow_retries_total``                       counter  ``policy``
+``payflow_retry_giveups_total``                 counter  ``policy``, ``reason``
+``payflow_retry_budget_withdrawals_total``      counter  ``budget``
+``payflow_retry_budget_refusals_total``         counter  ``budget``
+``payflow_dead_letters``                        gauge    ``reason`` (letters held now)
+``payflow_dead_letters_added_total``            counter  (none)
+``payflow_dead_letters_removed_total``          counter  (none)
+==============================================  =======  =======================================
+
+A scrape arrives on the HTTP server's thread, where the simulation's
+(virtual) clock cannot be read, so the collector never reads a clock: breaker
+state is :attr:`~payflow_lab.resilience.breaker.CircuitBreaker.recorded_state`
+(the state of the last transition, consistent with the transitions counter),
+and token balances are not exported. Per-key labels (merchant ids) grow with
+the merchants that have traffic: fine for a workshop, worth aggregating in a
+fleet of thousands.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator, Mapping
+from typing import Any
+
+from prometheus_client import CollectorRegistry
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from ..domain import ValidationError
+from .breaker import BreakerState, CircuitBreaker, KeyedCircuitBreaker
+from .budget import RetryBudget
+from .deadletter import DeadLetterStore
+from .ratelimit import KeyedRateLimiter, TokenBucket
+from .retry import RetryPolicy
+
+__all__ = ["ResilienceCollector", "resilience_registry"]
+
+
+def _pairs(parts: Any, field: str) -> list[tuple[str, Any]]:
+    if parts is None:
+        return []
+    if isinstance(parts, (KeyedCircuitBreaker, KeyedRateLimiter)):
+        return [(str(k), v) for k, v in parts.items()]
+    if isinstance(parts, Mapping):
+        return [(str(k), v) for k, v in list(parts.items())]
+    raise ValidationError(field, f"must be a mapping of name to part (or a keyed container), got {parts!r}")
+
+
+class ResilienceCollector(Collector):
+    """Exports the counts of the given parts. Each argument is optional.
+
+    ``breakers``: a :class:`KeyedCircuitBreaker` or a mapping name -> :class:`CircuitBreaker`;
+    ``limiters``: a :class:`KeyedRateLimiter` or a mapping key -> :class:`TokenBucket`;
+    ``retries``: mapping name -> :class:`RetryPolicy`; ``budgets``: mapping name -> :class:`RetryBudget`;
+    ``dead_letters``: a :class:`DeadLetterStore`.
+    """
+
+    def __init__(self, *, breakers: KeyedCircuitBreaker[Any] | Mapping[str, CircuitBreaker] | None = None,
+                 limiters: KeyedRateLimiter[Any] | Mapping[str, TokenBucket] | None = None,
+                 retries: Mapping[str, RetryPolicy] | None = None,
+                 budgets: Mapping[str, RetryBudget] | None = None,
+                 dead_letters: DeadLetterStore | None = None, namespace: str = "payflow") -> None:
+        for field, parts in (("breakers", breakers), ("limiters", limiters), ("retries", retries),
+                             ("budgets", budgets)):
+            _pairs(parts, field)  # validate now, not at the first scrape
+        if dead_letters is not None and not isinstance(dead_letters, DeadLetterStore):
+            raise ValidationError("dead_letters", f"must implement DeadLetterStore, got {dead_letters!r}")
+        if not isinstance(namespace, str) or not namespace.isidentifier():
+            raise ValidationError("namespace", f"must be a metric-name prefix like 'payflow', got {namespace!r}")
+        self.breakers, self.limiters, self.retries = breakers, limiters, retries
+        self.budgets, self.dead_letters = budgets, dead_letters
+        self.ns = namespace
+
+    def collect(self) -> Iterator[Metric]:
+        yield from self._breakers()
+        yield from self._limiters()
+        yield from self._retries()
+        yield from self._dead_letters()
+
+    def _breakers(self) -> Iterable[Metric]:
+        ns = self.ns
+        state = GaugeMetricFamily(f"{ns}_circuit_breaker_state",
+                                  "1 for the state each circuit breaker is in (as of its last transition), else 0",
+                                  labels=["breaker", "state"])
+        moves = CounterMetricFamily(f"{ns}_circuit_breaker_transitions",
+                                    "Circuit breaker state transitions", labels=["breaker", "from_state", "to_state"])
+        calls = CounterMetricFamily(f"{ns}_circuit_breaker_calls",
+                                    "Calls offered to a circuit breaker, by its decision",
+                                    labels=["breaker", "decision"])
+        for name, breaker in _pairs(self.breakers, "breakers"):
+            current = breaker.recorded_state
+            for s in BreakerState:
+                state.add_metric([name, s.value], 1.0 if s is current else 0.0)
+            counts: dict[tuple[str, str], int] = {}
+            for t in list(breaker.transitions):
+                pair = (t.from_state.value, t.to_state.value)
+                counts[pair] = counts.get(pair, 0) + 1
+            for (source, target), n in sorted(counts.items()):
+                moves.add_metric([name, source, target], n)
+            calls.add_metric([name, "admitted"], breaker.admitted)
+            calls.add_metric([name, "rejected"], breaker.rejected)
+        return state, moves, calls
+
+    def _limiters(self) -> Iterable[Metric]:
+        ns = self.ns
+        requests = CounterMetricFamily(f"{ns}_rate_limiter_requests",
+                                       "Token requests by result: granted at once, granted after a wait, rejected",
+                                       labels=["key", "result"])
+        waited = CounterMetricFamily(f"{ns}_rate_limiter_wait_seconds",
+                                     "Seconds spent waiting for tokens", labels=["key"])
+        for key, bucket in _pairs(self.limiters, "limiters"):
+            requests.add_metric([key, "immediate"], bucket.granted - bucket.delayed)
+            requests.add_metric([key, "delayed"], bucket.delayed)
+            requests.add_metric([key, "rejected"], bucket.rejected)
+            waited.add_metric([key], bucket.waited_seconds)
+        return requests, waited
+
+    def _retries(self) -> Iterable[Metric]:
+        ns = self.ns
+        attempts = CounterMetricFamily(f"{ns}_retry_attempts", "Attempts made, first attempts included",
+                                       labels=["policy"])
+        retries = CounterMetricFamily(f"{ns}_retries", "Retries made (attempts after the first)", labels=["policy"])
+        giveups = CounterMetricFamily(f"{ns}_retry_giveups", "Calls given up, by reason", labels=["policy", "reason"])
+        for name, policy in _pairs(self.retries, "retries"):
+            attempts.add_metric([name], policy.attempts)
+            retries.add_metric([name], policy.retries)
+            for reason, n in sorted(policy.exhausted.items()):
+                giveups.add_metric([name, reason], n)
+        withdrawals = CounterMetricFamily(f"{ns}_retry_budget_withdrawals", "Retries paid for by a retry budget",
+                                          labels=["budget"])
+        refusals = CounterMetricFamily(f"{ns}_retry_budget_refusals", "Retries refused by an empty retry budget",
+                                       labels=["budget"])
+        for name, budget in _pairs(self.budgets, "budgets"):
+            withdrawals.add_metric([name], budget.withdrawals)
+            refusals.add_metric([name], budget.refusals)
+        return attempts, retries, giveups, withdrawals, refusals
+
+    def _dead_letters(self) -> Iterable[Metric]:
+        store = self.dead_letters
+        if store is None:
+            return ()
+        ns = self.ns
+        held = GaugeMetricFamily(f"{ns}_dead_letters", "Dead letters held now, by reason", labels=["reason"])
+        for reason, n in store.count_by_reason().items():
+            held.add_metric([reason], n)
+        metrics: list[Metric] = [held]
+        if hasattr(store, "added") and hasattr(store, "removed"):
+            metrics.append(CounterMetricFamily(f"{ns}_dead_letters_added", "Deliveries dead-lettered",
+                                               value=store.added))
+            metrics.append(CounterMetricFamily(f"{ns}_dead_letters_removed",
+                                               "Dead letters removed from the store (delivered by a replay)",
+                                               value=store.removed))
+        return metrics
+
+
+def resilience_registry(**parts: Any) -> tuple[CollectorRegistry, ResilienceCollector]:
+    """A fresh registry with a :class:`ResilienceCollector` for ``parts`` registered on it."""
+    registry = CollectorRegistry()
+    collector = ResilienceCollector(**parts)
+    registry.register(collector)
+    return registry, collector
