@@ -1,0 +1,40 @@
+"""The notebook side of payflow-lab: a control panel, a live dashboard, and static figures.
+
+Needs the ``lab`` extra (``ipywidgets``, ``plotly``, ``anywidget``)::
+
+    from payflow_lab.lab import LiveSession
+    session = LiveSession(scenario="blackfriday", phase=1, panels={"DB pool": ["db_in_use", "db_waiting"]})
+    session          # shows the panel and the dashboard; press Start
+
+=========================  ====================================================
+:class:`LiveSession`       panel + dashboard + a paced run in a worker thread
+:class:`ControlPanel`      the widgets: scenario, phase, faults, pace, buttons
+:class:`Dashboard`         plotly ``FigureWidget`` and readout, updated live
+:func:`run_figure`         the same panels for a finished run (static figure)
+:func:`latency_figure`     only latency, with the run's events
+:func:`close_all`          stop every live session (a lesson's last cell)
+:func:`live_threads`       simulation threads still alive (should be none)
+:func:`check_environment`  Lesson 00's checks
+=========================  ====================================================
+"""
+
+from __future__ import annotations
+
+from .dashboard import Dashboard
+from .env import check_environment, environment_html, environment_ok
+from .panel import ControlPanel
+from .plots import latency_figure, run_figure
+from .session import LiveSession, close_all, live_threads
+
+__all__ = [
+    "ControlPanel",
+    "Dashboard",
+    "LiveSession",
+    "check_environment",
+    "close_all",
+    "environment_html",
+    "environment_ok",
+    "latency_figure",
+    "live_threads",
+    "run_figure",
+]

@@ -1,0 +1,222 @@
+"""The live dashboard: a plotly ``FigureWidget`` and a readout that follow a run as it happens.
+
+:meth:`Dashboard.update` is called about ten times a second with the live
+run's series (a dict of growing lists, see
+:class:`payflow_lab.metrics.Recorder`). It reads only the rows it has not seen
+yet, appends them to a window of bounded length (the last ``window_minutes``
+of story time), and pushes the window to the figure inside one
+``batch_update()``, so the browser redraws once per update, not once per trace.
+
+What travels to the browser is bounded by the window, not by the length of the
+run: plotly.py's ``FigureWidget`` has no "extend traces" message (its
+protocol restyles a property with a whole new array), so the dashboard keeps
+each array short instead. An update with no new rows sends nothing at all.
+
+Reading a live run's series from the notebook's thread is safe because the
+recorder only ever appends, and appends the ``t`` column last: the length of
+``t`` is the number of complete rows.
+"""
+
+from __future__ import annotations
+
+import html
+import math
+from collections import deque
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import ipywidgets as widgets
+import plotly.graph_objects as go
+
+from ..domain import ValidationError
+from ..metrics import hhmmss
+from .plots import (BASE_PANELS, display_value, expand_columns, make_layout, normalise_panels, panel_axes,
+                    panel_legend, story_ms, trace_style)
+
+__all__ = ["Dashboard", "READOUT_METRICS"]
+
+#: What the readout shows, in order: key, label.
+READOUT_METRICS: tuple[tuple[str, str], ...] = (
+    ("clock", "story time"),
+    ("completed", "completed"),
+    ("failed", "failed"),
+    ("p50_s", "p50"),
+    ("p99_s", "p99"),
+    ("in_flight", "in flight"),
+    ("db_in_use", "DB in use"),
+    ("memory_mib", "memory"),
+)
+
+#: How far back (simulated seconds) the readout looks for the latest latency: quiet seconds have none,
+#: but a pipeline where nothing has completed for a minute shows "–", not a stale figure.
+RECENT_ROWS = 60
+#: Bounds of the dashboard's story-time window, in minutes.
+WINDOW_LIMITS = (1.0, 240.0)
+
+
+def _format(key: str, value: Any) -> str:
+    if value is None:
+        return "–"
+    if key == "clock":
+        return hhmmss(value)
+    if key in ("p50_s", "p99_s"):
+        return f"{value * 1000:,.0f} ms" if value < 1 else f"{value:,.1f} s"
+    if key == "memory_mib":
+        return f"{value:,.1f} MiB"
+    return f"{value:,.0f}"
+
+
+class Dashboard:
+    """Latency and memory over story time, plus the panels a lesson asks for, updated incrementally.
+
+    ``panels`` maps a panel title to the series columns it shows, by name or
+    pattern (``{"DB pool": ["db_in_use", "db_waiting"], "queues": ["queue_*"]}``).
+    Columns appear as soon as the run has them (phases add theirs when they
+    start). ``window_minutes`` bounds how much story time the figure keeps.
+
+    ``widget`` is what to display: the readout above the figure. Both carry
+    stable CSS classes (``payflow-readout``, ``payflow-dashboard``) and the
+    readout's numbers carry ``data-metric``/``data-value`` attributes, so a
+    browser test can read what a learner sees.
+    """
+
+    def __init__(self, panels: Mapping[str, Sequence[str]] | None = None, *, window_minutes: float = 10.0,
+                 title: str = "", height: int | None = None) -> None:
+        self.panels = normalise_panels(panels)
+        if (isinstance(window_minutes, bool) or not isinstance(window_minutes, (int, float))
+                or not math.isfinite(window_minutes)
+                or not WINDOW_LIMITS[0] <= window_minutes <= WINDOW_LIMITS[1]):
+            low, high = WINDOW_LIMITS
+            raise ValidationError("window_minutes", f"must be between {low:g} and {high:g}, got {window_minutes!r}")
+        self.window_minutes = float(window_minutes)
+        #: Rows kept: one per simulated second, plus one for the final sample a run takes as it ends.
+        self.window_rows = int(self.window_minutes * 60) + 1
+        self._layout = {**BASE_PANELS, **self.panels}
+        self.figure = go.FigureWidget(make_layout(self.panels, title=title, height=height))
+        self.figure.add_class("payflow-dashboard")
+        self.readout = widgets.HTML()
+        self.readout.add_class("payflow-readout")
+        self.widget = widgets.VBox([self.readout, self.figure])
+        self.widget.add_class("payflow-dashboard-box")
+        self.updates_sent = 0
+        self._reset_state()
+        self._render_readout()
+
+    # ---------------------------------------------------------------- state
+    def _reset_state(self) -> None:
+        self.rows_seen = 0
+        self._x: deque[float] = deque(maxlen=self.window_rows)
+        self._columns: dict[str, deque[float | None]] = {}
+        self._trace_of: dict[str, int] = {}
+        self.totals: dict[str, Any] = {key: None for key, _ in READOUT_METRICS}
+
+    def reset(self, title: str | None = None) -> None:
+        """Forget everything drawn so far (a new run is about to start)."""
+        self._reset_state()
+        with self.figure.batch_update():
+            self.figure.data = ()
+            if title is not None:
+                self.figure.layout.title.text = title
+        self._render_readout()
+
+    @property
+    def columns(self) -> list[str]:
+        """The series columns currently drawn, in trace order."""
+        return list(self._trace_of)
+
+    def window(self, column: str) -> tuple[list[float], list[float | None]]:
+        """The (x, y) points of ``column`` currently in the window, as drawn (display units)."""
+        return list(self._x), list(self._columns[column])
+
+    # --------------------------------------------------------------- update
+    def update(self, series: Mapping[str, Sequence[Any]]) -> int:
+        """Draw the rows of ``series`` not seen yet; return how many there were.
+
+        ``series`` is a live run's ``series`` (or a finished run's). Calling
+        it again without new rows costs nothing and sends nothing.
+        """
+        if "t" not in series:
+            return 0
+        total = len(series["t"])  # complete rows: "t" is appended last
+        if total < self.rows_seen:  # a different, shorter series: start over
+            self.reset()
+        new = range(self.rows_seen, total)
+        names = list(series)  # one atomic copy of the keys; a phase may add a gauge meanwhile
+        added = self._add_columns(names, series, total)
+        if not new and not added:
+            return 0
+        clock = series["clock"]
+        for i in new:
+            self._x.append(story_ms(clock[i]))
+        for column, values in self._columns.items():
+            source = series[column]
+            for i in new:
+                values.append(display_value(column, source[i]))
+        self._update_totals(series, new)
+        self.rows_seen = total
+        self._push()
+        return len(new)
+
+    def _add_columns(self, names: list[str], series: Mapping[str, Sequence[Any]], total: int) -> bool:
+        """Start drawing columns that appeared since the last update, back-filled over the window."""
+        added = False
+        first = self.rows_seen - len(self._x)  # index of the oldest row in the window
+        for row, (title, patterns) in enumerate(self._layout.items(), start=1):
+            for column in expand_columns(patterns, names):
+                if column in self._columns:
+                    continue
+                source = series[column]
+                values: deque[float | None] = deque(maxlen=self.window_rows)
+                values.extend(display_value(column, source[i]) for i in range(first, self.rows_seen))
+                self._columns[column] = values
+                xaxis, yaxis = panel_axes(row)
+                self.figure.add_trace(go.Scatter(x=[], y=[], xaxis=xaxis, yaxis=yaxis, legend=panel_legend(row),
+                                                 **trace_style(column)))
+                self._trace_of[column] = len(self.figure.data) - 1
+                added = True
+        return added
+
+    def _push(self) -> None:
+        x = list(self._x)
+        with self.figure.batch_update():
+            for column, index in self._trace_of.items():
+                trace = self.figure.data[index]
+                trace.x = x
+                trace.y = list(self._columns[column])
+        self.updates_sent += 1
+        self._render_readout()
+
+    def _update_totals(self, series: Mapping[str, Sequence[Any]], new: range) -> None:
+        if not new:
+            return
+        totals = self.totals
+        last = new[-1]
+        totals["clock"] = series["clock"][last]
+        totals["completed"] = (totals["completed"] or 0) + sum(series["completed"][i] for i in new)
+        totals["failed"] = (totals["failed"] or 0) + sum(series["failed"][i] for i in new)
+        for key, column in (("p50_s", "p50_ms"), ("p99_s", "p99_ms")):
+            totals[key] = self._recent(column)
+        totals["in_flight"] = series["in_flight_payments"][last]
+        totals["db_in_use"] = series["db_in_use"][last]
+        totals["memory_mib"] = display_value("memory_bytes", series["memory_bytes"][last])
+
+    def _recent(self, column: str) -> float | None:
+        """The latest value of ``column`` in the last :data:`RECENT_ROWS` rows (None if nothing completed)."""
+        values = self._columns.get(column, ())
+        for offset, value in enumerate(reversed(values)):
+            if offset >= RECENT_ROWS:
+                break
+            if value is not None:
+                return value
+        return None
+
+    def _render_readout(self) -> None:
+        cells = []
+        for key, label in READOUT_METRICS:
+            value = self.totals[key]
+            raw = "" if value is None else f"{value:g}" if isinstance(value, float) else str(value)
+            cells.append(
+                f'<span class="payflow-metric" data-metric="{key}" data-value="{html.escape(raw)}" '
+                f'style="margin-right:1.2em"><span style="color:#666">{label}</span> '
+                f'<b>{html.escape(_format(key, value))}</b></span>')
+        self.readout.value = f'<div style="font-family:monospace;font-size:13px">{"".join(cells)}</div>'
