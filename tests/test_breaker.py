@@ -2,10 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
-import io
-import re
-from pathlib import Path
 
 import anyio
 import pytest
@@ -447,18 +443,3 @@ def test_keyed_breakers_isolate_merchants(backend: str) -> None:
     assert not_closed == {"mch_00002": OPEN}
     assert [t.name for t in breakers.transitions] == ["mch_00002"] * len(breakers.transitions)
     assert len(breakers) == 3 and "mch_00004" not in breakers and breakers.get("mch_00004") is None
-
-
-def run_documented_example(page: str) -> tuple[str, str]:
-    """The first Python block of ``docs/resilience/<page>`` run as a script, and the output the page shows after it."""
-    text = (Path(__file__).parent.parent / "docs" / "resilience" / page).read_text()
-    code, shown = re.search(r"```python\n(.*?)```\s*prints\s*```\n(.*?)```", text, re.S).groups()  # type: ignore[union-attr]
-    out = io.StringIO()
-    with contextlib.redirect_stdout(out):
-        exec(compile(code, page, "exec"), {"__name__": "__doc_example__"})
-    return out.getvalue(), shown
-
-
-def test_the_documentation_example_prints_what_the_page_says() -> None:
-    printed, shown = run_documented_example("circuit-breaker.md")
-    assert printed == shown

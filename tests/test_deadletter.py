@@ -2,13 +2,9 @@
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
-import io
 import json
-import re
 import sqlite3
-from pathlib import Path
 from typing import Any
 
 import anyio
@@ -339,18 +335,3 @@ def test_another_store_behind_the_protocol_replays_the_same_way() -> None:
     assert [(letter.id, letter.attempts, letter.last_replay_at) for letter in store.list()] == [
         ("dl_000002", 5, 60.0), ("dl_000004", 5, 60.0)]
     assert store.count_by_reason() == {RETRIES_EXHAUSTED: 2}
-
-
-def run_documented_example(page: str) -> tuple[str, str]:
-    """The first Python block of ``docs/resilience/<page>`` run as a script, and the output the page shows after it."""
-    text = (Path(__file__).parent.parent / "docs" / "resilience" / page).read_text()
-    code, shown = re.search(r"```python\n(.*?)```\s*prints\s*```\n(.*?)```", text, re.S).groups()  # type: ignore[union-attr]
-    out = io.StringIO()
-    with contextlib.redirect_stdout(out):
-        exec(compile(code, page, "exec"), {"__name__": "__doc_example__"})
-    return out.getvalue(), shown
-
-
-def test_the_documentation_example_prints_what_the_page_says() -> None:
-    printed, shown = run_documented_example("dead-letters.md")
-    assert printed == shown

@@ -2,11 +2,7 @@
 
 from __future__ import annotations
 
-import contextlib
-import io
 import math
-import re
-from pathlib import Path
 
 import anyio
 import pytest
@@ -256,18 +252,3 @@ def test_keyed_limiter_with_one_limit_for_all() -> None:
     limiter: KeyedRateLimiter[str] = KeyedRateLimiter(RateLimit(1.0, 2), clock=clock)
     assert [limiter.try_acquire(k) for k in "aab" "ab"] == [True, True, True, False, True]
     assert math.isclose(limiter.bucket("a").tokens, 0.0)
-
-
-def run_documented_example(page: str) -> tuple[str, str]:
-    """The first Python block of ``docs/resilience/<page>`` run as a script, and the output the page shows after it."""
-    text = (Path(__file__).parent.parent / "docs" / "resilience" / page).read_text()
-    code, shown = re.search(r"```python\n(.*?)```\s*prints\s*```\n(.*?)```", text, re.S).groups()  # type: ignore[union-attr]
-    out = io.StringIO()
-    with contextlib.redirect_stdout(out):
-        exec(compile(code, page, "exec"), {"__name__": "__doc_example__"})
-    return out.getvalue(), shown
-
-
-def test_the_documentation_example_prints_what_the_page_says() -> None:
-    printed, shown = run_documented_example("rate-limiter.md")
-    assert printed == shown

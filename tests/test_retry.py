@@ -2,12 +2,8 @@
 
 from __future__ import annotations
 
-import contextlib
-import io
 import itertools
 import random
-import re
-from pathlib import Path
 
 import anyio
 import pytest
@@ -318,18 +314,3 @@ def test_refill_per_second_trickles_in_on_the_clock(backend: str) -> None:
         return results
 
     assert run_virtual(main, backend=backend) == [False, False, True, True, True, True, False]
-
-
-def run_documented_example(page: str) -> tuple[str, str]:
-    """The first Python block of ``docs/resilience/<page>`` run as a script, and the output the page shows after it."""
-    text = (Path(__file__).parent.parent / "docs" / "resilience" / page).read_text()
-    code, shown = re.search(r"```python\n(.*?)```\s*prints\s*```\n(.*?)```", text, re.S).groups()  # type: ignore[union-attr]
-    out = io.StringIO()
-    with contextlib.redirect_stdout(out):
-        exec(compile(code, page, "exec"), {"__name__": "__doc_example__"})
-    return out.getvalue(), shown
-
-
-def test_the_documentation_example_prints_what_the_page_says() -> None:
-    printed, shown = run_documented_example("retry.md")
-    assert printed == shown
