@@ -118,10 +118,15 @@ class RunConfig:
 
 @dataclass
 class RunResult:
-    """A finished run: the JSON-contract ``summary`` and the per-second ``series`` (columns of equal length)."""
+    """A finished run: the JSON-contract ``summary`` and the per-second ``series`` (columns of equal length).
+
+    ``registry`` is the run's own Prometheus registry when its phase keeps one
+    (Phase 5): ``prometheus_client.generate_latest(result.registry)``.
+    """
 
     summary: dict[str, Any]
     series: dict[str, list[Any]]
+    registry: Any = field(default=None, repr=False, compare=False)
 
     def __getitem__(self, key: str) -> Any:
         return self.summary[key]
@@ -222,18 +227,23 @@ class Simulation:
     """One run of one phase through one scenario.
 
     ``await simulation.run()`` builds the world, drives the traffic, stops the
-    pipeline and returns a :class:`RunResult`. While it runs, ``world``,
+    pipeline and returns a :class:`RunResult`. ``pipeline_cls`` runs your own
+    variant of a phase (a subclass of :class:`~payflow_lab.phases.Pipeline`,
+    usually of the phase named by ``config.phase``) in its place. While it runs, ``world``,
     ``recorder`` and ``pipeline`` are available (``ready`` is set), so a
     dashboard in another thread can read ``recorder.series``.
     """
 
     def __init__(self, config: RunConfig, *, controls: Controls | None = None,
-                 on_tick: Callable[[Simulation], None] | None = None) -> None:
+                 on_tick: Callable[[Simulation], None] | None = None,
+                 pipeline_cls: type[Pipeline] | None = None) -> None:
         self.config = config
         self.controls = controls
         self.on_tick = on_tick
         self.scenario = config.scenario_obj
-        self.pipeline_cls = get_phase(config.phase)
+        if pipeline_cls is not None and not (isinstance(pipeline_cls, type) and issubclass(pipeline_cls, Pipeline)):
+            raise ValidationError("pipeline_cls", f"must be a Pipeline subclass, got {pipeline_cls!r}")
+        self.pipeline_cls = pipeline_cls or get_phase(config.phase)
         self.ready = threading.Event()
         self.world: World | None = None
         self.recorder: Recorder | None = None
@@ -420,7 +430,7 @@ class Simulation:
         }
         summary.update(pipeline.summary())
         series = {name: list(values) for name, values in recorder.series.items()}
-        return RunResult(summary=summary, series=series)
+        return RunResult(summary=summary, series=series, registry=getattr(pipeline, "registry", None))
 
 
 # ------------------------------------------------------------------ entry points
@@ -462,9 +472,10 @@ def _in_worker_thread(fn: Callable[[], RunResult]) -> RunResult:
 
 
 def run_config(config: RunConfig, *, controls: Controls | None = None,
-               on_tick: Callable[[Simulation], None] | None = None) -> RunResult:
+               on_tick: Callable[[Simulation], None] | None = None,
+               pipeline_cls: type[Pipeline] | None = None) -> RunResult:
     """Run ``config`` in virtual time and return its result (in a worker thread if a loop is running here)."""
-    simulation = Simulation(config, controls=controls, on_tick=on_tick)
+    simulation = Simulation(config, controls=controls, on_tick=on_tick, pipeline_cls=pipeline_cls)
 
     def go() -> RunResult:
         return run_virtual(simulation.run, backend=config.backend, seed=config.seed)
@@ -474,15 +485,19 @@ def run_config(config: RunConfig, *, controls: Controls | None = None,
 
 def run(scenario: str | Scenario = "normal", phase: int = 1, *, seed: int = 0, scale: float = DEFAULT_SCALE,
         backend: str = DEFAULT_BACKEND, duration: float | None = None, memory: str = "tracemalloc",
-        faults: Mapping[str, Any] | None = None) -> RunResult:
+        faults: Mapping[str, Any] | None = None, pipeline_cls: type[Pipeline] | None = None) -> RunResult:
     """Run one phase through one scenario in virtual time and return the result.
+
+    ``pipeline_cls`` replaces the phase's own pipeline with a variant of yours
+    (for example a subclass with a different timeout); ``phase`` still names
+    the phase it stands for in the summary.
 
     >>> result = run("normal", phase=1, seed=7)            # doctest: +SKIP
     >>> result.summary["latency_ms"]["mean"]                # about 13,500 ms
     """
     config = RunConfig(scenario=scenario, phase=phase, seed=seed, scale=scale, backend=backend,
                        duration=duration, memory=memory, faults=dict(faults or {}))
-    return run_config(config)
+    return run_config(config, pipeline_cls=pipeline_cls)
 
 
 async def run_async(scenario: str | Scenario = "normal", phase: int = 1, **options: Any) -> RunResult:

@@ -47,7 +47,7 @@ def rate_at(world: World, story_seconds: float) -> float:
 
 async def arrivals(world: World, until: float, submit: Callable[[Payment], Awaitable[None] | None]) -> None:
     """Generate payments until story time ``until``, handing each to ``submit`` (not awaited if it returns None)."""
-    rng = world.rng
+    rng = world.traffic_rng
     clock = world.clock
     while True:
         now = clock()

@@ -33,7 +33,7 @@ from typing import Any, TypeVar
 
 import anyio
 
-__all__ = ["BACKENDS", "VirtualTimeLoop", "run_virtual"]
+__all__ = ["BACKENDS", "VirtualTimeLoop", "in_virtual_time", "run_virtual"]
 
 T = TypeVar("T")
 
@@ -118,3 +118,22 @@ def run_virtual(fn: Callable[..., Awaitable[T]], *args: Any, backend: str = "asy
         _deterministic_trio(seed)
         return anyio.run(fn, *args, backend="trio", backend_options={"clock": MockClock(autojump_threshold=0)})
     raise ValueError(f"backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
+
+
+def in_virtual_time(fn: Callable[..., Awaitable[T]], *args: Any, backend: str = "asyncio", seed: int = 0) -> T:
+    """:func:`run_virtual` from anywhere, a Jupyter cell included.
+
+    A cell already runs inside the kernel's event loop, where ``anyio.run`` refuses to start
+    another; this runs ``fn`` in a short-lived worker thread with a loop of its own and waits
+    for it. From a thread with no running loop it is the same as :func:`run_virtual`.
+    """
+    from concurrent.futures import ThreadPoolExecutor
+
+    try:
+        import asyncio
+
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return run_virtual(fn, *args, backend=backend, seed=seed)
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="payflow-virtual") as pool:
+        return pool.submit(run_virtual, fn, *args, backend=backend, seed=seed).result()

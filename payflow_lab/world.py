@@ -83,7 +83,14 @@ class World:
             raise ValidationError("scale", f"must be between {low:g} and {high:g}, got {scale!r}")
         self.seed = seed
         self.scale = float(scale)
-        self.rng = random.Random(seed)
+        # One seed, owned by the world, split into independent named streams: the merchants, the
+        # customers (who arrives when, paying what, and what the card network will answer) and the
+        # services (how long each call takes, whether it fails). Every phase meets the same
+        # merchants and the same customers at the same moments, whatever it does with them.
+        self.rng = random.Random(f"payflow:{seed}:services")
+        self.traffic_rng = random.Random(f"payflow:{seed}:customers")
+        self._merchant_rng = random.Random(f"payflow:{seed}:merchants")
+        self._card_fates: dict[str, tuple[float, bool]] = {}
         self.clock = clock
         self.recorder = recorder
         self.faults = faults or FaultPlan()
@@ -118,8 +125,9 @@ class World:
             count = max(1, round(cal.MERCHANTS * self.scale * profile.merchant_share))
             for _ in range(count):
                 serial += 1
-                median = profile.endpoint.median * self.rng.lognormvariate(0.0, profile.merchant_spread)
-                name = f"{self.rng.choice(_NAMES_A)} {self.rng.choice(_NAMES_B)}"
+                rng = self._merchant_rng
+                median = profile.endpoint.median * rng.lognormvariate(0.0, profile.merchant_spread)
+                name = f"{rng.choice(_NAMES_A)} {rng.choice(_NAMES_B)}"
                 merchants.append(Merchant(
                     id=f"mch_{serial:05d}", name=name, tier=tier,
                     endpoint=EndpointProfile(median_latency_s=median, sigma=profile.endpoint.sigma,
@@ -158,24 +166,32 @@ class World:
 
     # ------------------------------------------------------------- payments
     def new_payment(self) -> Payment:
-        """Draw the next customer payment: a merchant by volume, an amount by tier, a currency."""
-        rng = self.rng
+        """Draw the next customer payment: a merchant by volume, an amount by tier, a currency.
+
+        The card network's answer (how long it takes, approve or decline) is drawn now too, from
+        the customers' stream: it belongs to the card, not to the moment a phase gets round to asking.
+        """
+        rng = self.traffic_rng
         merchant = self._merchant_list[bisect.bisect_left(self._cumulative, rng.random() * self._cumulative[-1])]
         dollars = _lognormal(rng, cal.TIERS[merchant.tier].ticket)
         currency = self._currency_names[bisect.bisect_left(self._currency_cum, rng.random() * self._currency_cum[-1])]
         cents = max(50, min(int(dollars / CURRENCIES[currency] * 100), 100_000_000))
         self._payment_serial += 1
-        return Payment(
+        payment = Payment(
             id=f"pay_{self._payment_serial:06x}{rng.getrandbits(24):06x}",
             merchant_id=merchant.id, amount_cents=cents, currency=currency,
             created_at=round(self.clock(), 6),
         )
+        self._card_fates[payment.id] = (_lognormal(rng, cal.AUTHORIZATION), rng.random() < cal.DECLINE_RATE)
+        return payment
 
     # ------------------------------------------------------------- services
     async def authorize(self, payment: Payment) -> None:
         """Ask the gateway to authorize ``payment``; raise :class:`Declined` if the card is declined."""
-        latency = _lognormal(self.rng, cal.AUTHORIZATION)
-        declined = self.rng.random() < cal.DECLINE_RATE
+        fate = self._card_fates.pop(payment.id, None)
+        if fate is None:  # a payment from outside the traffic generator
+            fate = (_lognormal(self.rng, cal.AUTHORIZATION), self.rng.random() < cal.DECLINE_RATE)
+        latency, declined = fate
         await anyio.sleep(latency)
         if declined:
             raise Declined("card declined by the network")

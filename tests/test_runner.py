@@ -212,3 +212,34 @@ class TestLiveRun:
     def test_bad_pace(self, pace):
         with pytest.raises(ValidationError, match="pace"):
             Controls(pace=pace)
+
+
+def test_a_variant_pipeline_can_stand_in_for_a_phase():
+    from payflow_lab.phases.sync import SynchronousPipeline
+
+    class WithoutWebhooks(SynchronousPipeline):
+        async def send_merchant_webhook(self, payment):
+            return None
+
+    plain = pf.run("normal", phase=1, seed=3, duration=600, memory="off").summary
+    variant = pf.run("normal", phase=1, seed=3, duration=600, memory="off", pipeline_cls=WithoutWebhooks).summary
+    assert variant["phase"] == 1
+    assert variant["payments"]["attempted"] == plain["payments"]["attempted"]  # the same customers
+    assert variant["latency_ms"]["mean"] < plain["latency_ms"]["mean"] - 2000
+    assert "webhook" not in variant["side_effects"]["by_kind"]
+    with pytest.raises(ValidationError, match="pipeline_cls"):
+        pf.run("normal", phase=1, duration=10, pipeline_cls=dict)
+
+
+def test_in_virtual_time_works_inside_a_running_loop():
+    from payflow_lab.vtime import in_virtual_time
+
+    async def an_hour():
+        await anyio.sleep(3600)
+        return anyio.current_time()
+
+    async def cell():
+        return in_virtual_time(an_hour), in_virtual_time(an_hour, backend="trio")
+
+    assert asyncio.run(cell()) == (3600.0, 3600.0)
+    assert in_virtual_time(an_hour) == 3600.0
