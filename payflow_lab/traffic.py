@@ -54,7 +54,10 @@ async def arrivals(world: World, until: float, submit: Callable[[Payment], Await
         if now >= until:
             return
         rate = rate_at(world, now)
-        gap = rng.expovariate(rate) if rate > 0 else 1.0
+        if rate <= 0:  # no customers at all: look again in a second
+            await anyio.sleep(min(1.0, until - now))
+            continue
+        gap = rng.expovariate(rate)
         if gap > 1.0 or now + gap >= until:
             await anyio.sleep(min(1.0, max(0.0, until - now)))
             continue

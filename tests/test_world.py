@@ -222,3 +222,11 @@ def test_lognormal_calibration_mean_formula():
     # The documentation's claim: a log-normal with median m and sigma s has mean m * exp(s^2 / 2).
     dist = cal.SIDE_EFFECTS["risk"]
     assert dist.median * math.exp(dist.sigma ** 2 / 2) == pytest.approx(3.0 * 1.2352, rel=1e-3)
+
+
+def test_no_traffic_means_no_payments():
+    from payflow_lab import run
+
+    s = run("normal", phase=1, seed=1, duration=300, memory="off", faults={"traffic_multiplier": 0}).summary
+    assert s["payments"]["attempted"] == 0
+    assert s["sim_seconds"] >= 300
