@@ -1,0 +1,120 @@
+"""Beyond the story: durable, at-least-once, signed delivery, in virtual time and over real HTTP.
+
+The story's fix lives in memory: a crash, a deploy or a full queue loses the
+webhooks and audit entries of payments that were authorized. This package
+takes the hook bus to where webhook platforms (Svix, Stripe, Convoy) are:
+
+=====================  ============================================================
+module                 what it holds
+=====================  ============================================================
+:mod:`.schema`         the SQLite schema, its version and its migrations
+:mod:`.events`         outbox events: stable ids (the idempotency keys), bodies
+:mod:`.outbox`         the transactional outbox (and the bus's spill store)
+:mod:`.deadletters`    dead letters in the same file (a ``DeadLetterStore``)
+:mod:`.signing`        Standard Webhooks signatures, and their verification
+:mod:`.transport`      one ``send(event)`` interface: simulated, and HTTP (httpx)
+:mod:`.delivery`       the delivery function: rate limit, breaker, timeout, retries
+:mod:`.dispatcher`     outbox -> hook bus -> delivery; marks done only when done
+:mod:`.ledger`         a receiver's memory of applied events: exactly-once effects
+:mod:`.receiver`       a real receiver on 127.0.0.1 (ASGI, served by hypercorn)
+:mod:`.pipeline`       the durable pipeline in the simulation, and a crash demo
+:mod:`.realtime`       the same pipeline for real, against local receivers
+:mod:`.cli`            ``payflow-lab replay`` and ``payflow-lab realtime``
+=====================  ============================================================
+"""
+
+from __future__ import annotations
+
+from .deadletters import SQLiteDeadLetters
+from .delivery import REJECTED, Deliverer, DeliveryResult
+from .dispatcher import Dispatcher
+from .errors import (
+    CorruptDatabase,
+    DatabaseLocked,
+    MalformedPayload,
+    NotAnOutbox,
+    OutboxDatabaseError,
+    SchemaVersionError,
+)
+from .events import DURABLE_KINDS, OutboxEvent, decode_body, encode_body, event_id
+from .ledger import ReceiverLedger
+from .outbox import Outbox
+from .pipeline import CrashDemo, DurablePipeline, crash_demo, run_durable
+from .realtime import RealtimeConfig, run_realtime
+from .receiver import Receiver, ReceiverServer, serve_in_thread
+from .schema import MEMORY, SCHEMA_VERSION, connect
+from .signing import (
+    InvalidSignature,
+    MissingHeader,
+    SignatureError,
+    TimestampOutOfTolerance,
+    WebhookSigner,
+    generate_secret,
+    sign,
+    signed_headers,
+    verify,
+)
+from .transport import (
+    RETRY_ON,
+    DeliveryError,
+    DeliveryFailed,
+    DeliveryRejected,
+    Endpoint,
+    HttpLimits,
+    HttpTransport,
+    Routes,
+    SimulatedTransport,
+    Transport,
+)
+
+__all__ = [
+    "CorruptDatabase",
+    "CrashDemo",
+    "DURABLE_KINDS",
+    "DatabaseLocked",
+    "Deliverer",
+    "DeliveryError",
+    "DeliveryFailed",
+    "DeliveryRejected",
+    "DeliveryResult",
+    "Dispatcher",
+    "DurablePipeline",
+    "Endpoint",
+    "HttpLimits",
+    "HttpTransport",
+    "InvalidSignature",
+    "MEMORY",
+    "MalformedPayload",
+    "MissingHeader",
+    "NotAnOutbox",
+    "Outbox",
+    "OutboxDatabaseError",
+    "OutboxEvent",
+    "REJECTED",
+    "RETRY_ON",
+    "RealtimeConfig",
+    "Receiver",
+    "ReceiverLedger",
+    "ReceiverServer",
+    "Routes",
+    "SCHEMA_VERSION",
+    "SQLiteDeadLetters",
+    "SchemaVersionError",
+    "SignatureError",
+    "SimulatedTransport",
+    "TimestampOutOfTolerance",
+    "Transport",
+    "WebhookSigner",
+    "connect",
+    "crash_demo",
+    "decode_body",
+    "encode_body",
+    "event_id",
+    "generate_secret",
+    "run_durable",
+    "run_realtime",
+    "serve_in_thread",
+    "sign",
+    "signed_headers",
+    "verify",
+]

@@ -1,0 +1,269 @@
+"""The outbox database: its schema, its version, and the path from every older version to this one.
+
+A durable store outlives the code that wrote it, so the file says which
+schema it holds and the code knows how to bring an older file up to date:
+
+* ``PRAGMA application_id`` marks the file as payflow-lab's (:data:`APPLICATION_ID`,
+  ASCII ``PFLB``), so a stray SQLite file is refused instead of altered;
+* ``PRAGMA user_version`` is the schema version (:data:`SCHEMA_VERSION`);
+* :data:`MIGRATIONS` maps each version to the step that takes a file to the
+  next one. Each step runs in one transaction together with the version bump,
+  so a crash mid-migration leaves the file at the old version, intact.
+
+A new file is created at version 1 and migrated like any old one, so the
+migration path is exercised on every fresh database, not only on the rare old
+file. A file from a *newer* version is refused (:class:`~.errors.SchemaVersionError`):
+guessing at a schema we do not know could lose the very events the outbox
+exists to keep.
+
+The versions
+============
+
+1. ``payments`` (the authorization record) and ``outbox`` (one row per side
+   effect to deliver, with a ``status`` of ``pending``, ``delivered`` or
+   ``failed``).
+2. Retries and dead letters: ``outbox`` gains ``available_at`` (the earliest
+   time of the next attempt, for backoff and breaker deferral that survive a
+   restart) and ``last_error``; ``failed`` rows become dead letters in the new
+   ``dead_letters`` table (reason ``retries_exhausted``, as version 1 only
+   gave up after its retries); ``runs`` counts the processes that opened the
+   file, so each can number its payments apart from the others'.
+
+Connections run with ``isolation_level=None`` (autocommit) and every write is
+an explicit ``BEGIN IMMEDIATE ... COMMIT``: the write lock is taken at the
+start of the transaction, so a busy database is noticed before anything is
+half done. Files use WAL journaling (readers never block the writer) with
+``synchronous=NORMAL``, which loses nothing when a *process* dies (SIGKILL,
+a crash, a deploy); only a power cut or OS crash may lose the last commits.
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from .errors import CorruptDatabase, DatabaseLocked, NotAnOutbox, OutboxDatabaseError, SchemaVersionError
+
+__all__ = [
+    "APPLICATION_ID",
+    "MEMORY",
+    "MIGRATIONS",
+    "SCHEMA_VERSION",
+    "connect",
+    "create_version",
+    "schema_version",
+    "transaction",
+]
+
+#: ``PRAGMA application_id`` of every payflow-lab outbox: the bytes ``PFLB``.
+APPLICATION_ID = 0x50464C42
+#: The schema version this code writes.
+SCHEMA_VERSION = 2
+#: The path that asks for a private, in-memory database (fast; gone with the process).
+MEMORY = ":memory:"
+
+_V1 = (
+    """CREATE TABLE payments (
+        id TEXT PRIMARY KEY,
+        merchant_id TEXT NOT NULL,
+        amount_cents INTEGER NOT NULL,
+        currency TEXT NOT NULL,
+        created_at REAL NOT NULL,
+        authorized_at REAL NOT NULL
+    )""",
+    """CREATE TABLE outbox (
+        seq INTEGER PRIMARY KEY AUTOINCREMENT,
+        event_id TEXT NOT NULL UNIQUE,
+        kind TEXT NOT NULL,
+        payment_id TEXT NOT NULL REFERENCES payments(id),
+        merchant_id TEXT NOT NULL,
+        payload TEXT NOT NULL,
+        created_at REAL NOT NULL,
+        status TEXT NOT NULL DEFAULT 'pending',
+        attempts INTEGER NOT NULL DEFAULT 0,
+        delivered_at REAL
+    )""",
+    "CREATE INDEX outbox_by_status ON outbox (status, seq)",
+)
+
+
+def _v1_to_v2(db: sqlite3.Connection) -> None:
+    db.execute("ALTER TABLE outbox ADD COLUMN available_at REAL NOT NULL DEFAULT 0")
+    db.execute("ALTER TABLE outbox ADD COLUMN last_error TEXT")
+    db.execute("UPDATE outbox SET available_at = created_at")
+    db.execute("DROP INDEX outbox_by_status")
+    db.execute("CREATE INDEX outbox_due ON outbox (status, kind, available_at, seq)")
+    db.execute("""CREATE TABLE dead_letters (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        event_id TEXT UNIQUE REFERENCES outbox(event_id),
+        key TEXT NOT NULL,
+        kind TEXT NOT NULL,
+        payload TEXT NOT NULL,
+        reason TEXT NOT NULL,
+        at REAL NOT NULL,
+        attempts INTEGER NOT NULL,
+        error TEXT,
+        replays INTEGER NOT NULL DEFAULT 0,
+        last_replay_at REAL
+    )""")
+    db.execute("CREATE INDEX dead_letters_by_key ON dead_letters (key, id)")
+    db.execute("""INSERT INTO dead_letters (event_id, key, kind, payload, reason, at, attempts, error)
+                  SELECT event_id, CASE kind WHEN 'webhook' THEN merchant_id ELSE kind END, kind, payload,
+                         'retries_exhausted', COALESCE(delivered_at, created_at), attempts,
+                         'failed under schema version 1 (no error kept)'
+                  FROM outbox WHERE status = 'failed' ORDER BY seq""")
+    db.execute("UPDATE outbox SET status = 'dead' WHERE status = 'failed'")
+    db.execute("CREATE TABLE runs (run INTEGER PRIMARY KEY AUTOINCREMENT, started_at REAL NOT NULL, "
+               "mode TEXT NOT NULL)")
+
+
+#: Version ``n`` -> the step that turns a version-``n`` file into a version-``n + 1`` one.
+MIGRATIONS: dict[int, Callable[[sqlite3.Connection], None]] = {1: _v1_to_v2}
+
+
+def _name(path: str | os.PathLike[str]) -> str:
+    return str(path)
+
+
+@contextmanager
+def transaction(db: sqlite3.Connection, path: str = "database") -> Iterator[sqlite3.Connection]:
+    """``BEGIN IMMEDIATE`` ... ``COMMIT`` (``ROLLBACK`` on any error); a busy file raises :class:`DatabaseLocked`."""
+    try:
+        db.execute("BEGIN IMMEDIATE")
+    except sqlite3.OperationalError as exc:
+        raise _translate(exc, path) from exc
+    try:
+        yield db
+    except BaseException:
+        db.execute("ROLLBACK")
+        raise
+    try:
+        db.execute("COMMIT")
+    except sqlite3.OperationalError as exc:
+        db.execute("ROLLBACK")
+        raise _translate(exc, path) from exc
+
+
+def _translate(exc: sqlite3.Error, path: str) -> Exception:
+    text = str(exc)
+    if "locked" in text or "busy" in text:
+        return DatabaseLocked(path, f"the database is locked by another connection or process ({text})")
+    if isinstance(exc, sqlite3.DatabaseError) and ("not a database" in text or "malformed" in text):
+        return CorruptDatabase(path, f"not a usable SQLite database ({text})")
+    return exc
+
+
+def schema_version(db: sqlite3.Connection) -> int:
+    """The file's ``user_version``."""
+    return int(db.execute("PRAGMA user_version").fetchone()[0])
+
+
+def _create(db: sqlite3.Connection, version: int) -> None:
+    for statement in _V1:
+        db.execute(statement)
+    for step in range(1, version):
+        MIGRATIONS[step](db)
+    db.execute(f"PRAGMA application_id = {APPLICATION_ID}")
+    db.execute(f"PRAGMA user_version = {version}")
+
+
+def create_version(db: sqlite3.Connection, version: int, path: str = "database") -> None:
+    """Create the schema of ``version`` (1 or later) in an empty database, stamping id and version.
+
+    New files are created at version 1 and then migrated (see the module
+    docstring); the tests use this to make an old file to migrate.
+    """
+    if isinstance(version, bool) or not isinstance(version, int) or not 1 <= version <= SCHEMA_VERSION:
+        raise ValueError(f"version must be between 1 and {SCHEMA_VERSION}, got {version!r}")
+    with transaction(db, path):
+        _create(db, version)
+
+
+def _migrate(db: sqlite3.Connection, path: str) -> list[int]:
+    """Bring the file to :data:`SCHEMA_VERSION`; return the versions it passed through."""
+    passed: list[int] = []
+    with transaction(db, path):  # decide and create under the write lock: two processes may open a new file
+        version = schema_version(db)
+        app = int(db.execute("PRAGMA application_id").fetchone()[0])
+        if app == 0 and version == 0:
+            tables = [row[0] for row in db.execute(
+                "SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%' ORDER BY name")]
+            if tables:
+                raise NotAnOutbox(path, f"is a SQLite database with other tables ({', '.join(tables)}), "
+                                        "not a payflow-lab outbox; refusing to touch it")
+            _create(db, 1)
+            version, app = 1, APPLICATION_ID
+    if app != APPLICATION_ID:
+        raise NotAnOutbox(path, f"has application id {app:#x}, not payflow-lab's {APPLICATION_ID:#x}")
+    if version > SCHEMA_VERSION:
+        raise SchemaVersionError(path, version, SCHEMA_VERSION)
+    if version < 1:
+        raise CorruptDatabase(path, f"carries payflow-lab's application id but schema version {version}")
+    while version < SCHEMA_VERSION:
+        with transaction(db, path):
+            current = schema_version(db)
+            if current == version:  # not migrated meanwhile by another process
+                MIGRATIONS[version](db)
+                db.execute(f"PRAGMA user_version = {version + 1}")
+        passed.append(version)
+        version = schema_version(db)
+    return passed
+
+
+def connect(path: str | os.PathLike[str] = MEMORY, *, busy_timeout: float = 5.0,
+            migrate: bool = True) -> sqlite3.Connection:
+    """Open (creating if need be) the outbox database at ``path`` and bring it to the current schema.
+
+    ``busy_timeout`` is how long a write waits for another process's lock
+    before :class:`~.errors.DatabaseLocked`. With ``migrate=False`` an older
+    file is left as it is (for inspection) but still checked.
+
+    The connection may be used from several threads (``check_same_thread=False``);
+    the caller serialises its use (the :class:`~.outbox.Outbox` holds a lock).
+    """
+    name = _name(path)
+    if not isinstance(busy_timeout, (int, float)) or isinstance(busy_timeout, bool) or not 0 <= busy_timeout <= 600:
+        raise ValueError(f"busy_timeout must be between 0 and 600 seconds, got {busy_timeout!r}")
+    if name != MEMORY:
+        parent = Path(name).parent
+        if not parent.is_dir():
+            raise OutboxDatabaseError(name, f"the directory {str(parent)!r} does not exist")
+        if Path(name).is_dir():
+            raise OutboxDatabaseError(name, "is a directory, not a database file")
+    try:
+        db = sqlite3.connect(name, timeout=busy_timeout, isolation_level=None, check_same_thread=False)
+    except sqlite3.Error as exc:
+        raise OutboxDatabaseError(name, f"cannot open the database ({exc})") from exc
+    try:
+        try:
+            db.execute("PRAGMA user_version").fetchone()
+            if name != MEMORY:
+                mode = db.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+                if str(mode).lower() != "wal":
+                    raise OutboxDatabaseError(name, f"cannot switch to WAL journaling (got {mode!r})")
+                db.execute("PRAGMA synchronous = NORMAL")
+            db.execute("PRAGMA foreign_keys = ON")
+        except sqlite3.Error as exc:
+            translated = _translate(exc, name)
+            if translated is exc:
+                raise CorruptDatabase(name, f"cannot be read as a SQLite database ({exc})") from exc
+            raise translated from exc
+        if migrate:
+            try:
+                _migrate(db, name)
+            except sqlite3.DatabaseError as exc:
+                translated = _translate(exc, name)
+                if translated is exc:
+                    raise CorruptDatabase(name, f"damaged or inconsistent schema ({exc})") from exc
+                raise translated from exc
+        else:
+            version = schema_version(db)
+            if version > SCHEMA_VERSION:
+                raise SchemaVersionError(name, version, SCHEMA_VERSION)
+    except BaseException:
+        db.close()
+        raise
+    return db
