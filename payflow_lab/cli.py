@@ -4,6 +4,7 @@ It mirrors the story's ``go run .``::
 
     payflow-lab                                  # the whole evolution, narrated, with a before/after table
     payflow-lab run --scenario blackfriday --phase 1 --seed 7 [--scale 0.1] [--json]
+    payflow-lab run --scenario monitoring --phase 5 [--pace 30] [--port 9464]   # live dashboard + /metrics
     payflow-lab bench [--json]
 
 Bad arguments give one line on stderr and exit status 2. With ``--json``,
@@ -85,12 +86,22 @@ def build_parser() -> argparse.ArgumentParser:
                      help="how to measure memory (default tracemalloc)")
     run.add_argument("--json", action="store_true", help="print one JSON object on stdout and nothing else")
     run.add_argument("--series", action="store_true", help="with --json: include the per-second series")
+    run.add_argument("--live", action="store_true",
+                     help="watch it: paced, with the live dashboard and Prometheus /metrics "
+                          "(always on for --scenario monitoring)")
+    run.add_argument("--pace", type=_float, default=None,
+                     help="live runs: simulated seconds per real second (default 30: the 40-minute "
+                          "monitoring scenario in about 80 s)")
+    run.add_argument("--port", type=_port, default=None,
+                     help="live runs: serve Prometheus metrics at http://127.0.0.1:PORT/metrics "
+                          "(default 9464; 0 picks a free port and prints it on stderr)")
 
     bench = sub.add_parser("bench", help="benchmarks: simulated payments per real second, backends, ...",
                            description="Run the benchmarks and print their figures.")
     bench.add_argument("--json", action="store_true", help="print one JSON object on stdout and nothing else")
     bench.add_argument("--quick", action="store_true", help="fewer repetitions (for smoke tests)")
 
+    from .durable import cli as _durable_cli  # noqa: F401  (registers `realtime` and `replay`)
     for extend in EXTENSIONS:
         extend(sub)
     return parser
@@ -130,12 +141,47 @@ def _progress(enabled: bool) -> tuple[Callable[[Any], None], Callable[[], None]]
     return on_tick, close
 
 
+def _port(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a port number, got {text!r}") from None
+    if not 0 <= value <= 65_535:
+        raise argparse.ArgumentTypeError(f"must be between 0 and 65535 (0: any free port), got {value}")
+    return value
+
+
+def _cmd_run_live(args: argparse.Namespace, config: Any) -> int:
+    """A live run: paced, /metrics served while it lasts, the dashboard on whichever stream is a terminal."""
+    from rich.console import Console
+
+    from .monitoring import DEFAULT_PACE, DEFAULT_PORT, watch
+    from .report import print_run
+
+    if args.json:  # stdout carries the JSON object only; the dashboard may use stderr if a person watches it
+        console = Console(stderr=True) if sys.stderr.isatty() else None
+    else:
+        console = Console() if sys.stdout.isatty() else None
+    result = watch(config, pace=DEFAULT_PACE if args.pace is None else args.pace,
+                   port=DEFAULT_PORT if args.port is None else args.port, console=console)
+    if args.json:
+        sys.stdout.write(result.to_json(series=args.series) + "\n")
+    else:
+        print_run(result)
+    return 0
+
+
 def _cmd_run(args: argparse.Namespace) -> int:
     from .report import print_run
     from .runner import RunConfig, run_config
 
+    live = args.live or args.scenario == "monitoring"
+    if not live and (args.pace is not None or args.port is not None):
+        raise UsageError("--pace and --port apply to live runs: add --live (or use --scenario monitoring)")
     config = RunConfig(scenario=args.scenario, phase=args.phase, seed=args.seed, scale=args.scale,
                        backend=args.backend, duration=args.duration, memory=args.memory)
+    if live:
+        return _cmd_run_live(args, config)
     on_tick, close = _progress(sys.stderr.isatty())
     try:
         result = run_config(config, on_tick=on_tick)

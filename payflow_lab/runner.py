@@ -121,7 +121,8 @@ class RunResult:
     """A finished run: the JSON-contract ``summary`` and the per-second ``series`` (columns of equal length).
 
     ``registry`` is the run's own Prometheus registry when its phase keeps one
-    (Phase 5): ``prometheus_client.generate_latest(result.registry)``.
+    (Phase 5): ``prometheus_client.generate_latest(result.registry)``. It reads
+    the finished run's parts, so it keeps them alive as long as the result.
     """
 
     summary: dict[str, Any]

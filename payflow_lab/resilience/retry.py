@@ -197,8 +197,23 @@ class RetryPolicy:
         """
         stop = _StopRule(self)
         budget = self.budget
+        self.calls += 1
+        # Fast path: the first attempt runs outside tenacity, whose set-up per call costs more than a
+        # typical successful call. Only a failure worth retrying enters tenacity's loop, where it is
+        # handed over as attempt 1: same attempts, budget, waits and random draws as without it.
+        self.attempts += 1
+        try:
+            result = await fn(*args, **kwargs)
+        except self.retry_on as exc:
+            first_failure: list[BaseException] = [exc]
+        else:
+            if budget is not None:
+                budget.deposit()
+            return result
 
         async def attempt() -> T:
+            if first_failure:
+                raise first_failure.pop()
             self.attempts += 1
             result = await fn(*args, **kwargs)
             if budget is not None:
@@ -222,5 +237,4 @@ class RetryPolicy:
         retrying = AsyncRetrying(sleep=anyio.sleep, stop=stop, wait=self.wait,
                                  retry=retry_if_exception_type(self.retry_on),
                                  before_sleep=before_sleep, retry_error_callback=give_up)
-        self.calls += 1
         return await retrying(attempt)

@@ -1,0 +1,117 @@
+"""``/metrics`` over HTTP on 127.0.0.1, for exactly as long as a run lasts.
+
+prometheus_client's :func:`~prometheus_client.make_wsgi_app` renders a
+registry (the run's own, never the global one); the standard library's WSGI
+server serves it from one thread, with a thread per request. Why not
+:func:`prometheus_client.start_http_server`? It marks its request threads as
+daemons and never joins them, and returns no way to know they have finished;
+here :meth:`MetricsServer.stop` shuts the server down, closes its socket and
+joins every thread it started, so a run leaves no thread and no open port
+behind (a test checks both).
+
+Port ``0`` asks the operating system for a free port; :attr:`MetricsServer.port`
+tells which one it gave.
+"""
+
+from __future__ import annotations
+
+import socketserver
+import threading
+from types import TracebackType
+from typing import Any
+from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
+
+from prometheus_client import CollectorRegistry, make_wsgi_app
+
+from ..domain import ValidationError
+
+__all__ = ["DEFAULT_PORT", "MetricsServer"]
+
+#: The default port: 9464 is the one OpenTelemetry's Prometheus exporter uses.
+DEFAULT_PORT = 9464
+
+
+class _Server(socketserver.ThreadingMixIn, WSGIServer):
+    daemon_threads = False   # request threads are tracked ...
+    block_on_close = True    # ... and server_close() joins them: nothing outlives stop()
+
+
+class _QuietHandler(WSGIRequestHandler):
+    timeout = 5.0  # a client that connects and says nothing cannot hold a request thread (or stop()) for ever
+
+    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - the stdlib's signature
+        """No access log on stderr: it would scribble over the dashboard."""
+
+
+def check_port(port: object) -> int:
+    """``port`` if it is a TCP port number (0 picks a free one); a clear error naming ``port`` otherwise."""
+    if isinstance(port, bool) or not isinstance(port, int) or not 0 <= port <= 65_535:
+        raise ValidationError("port", f"must be a TCP port between 0 and 65535 (0: any free port), got {port!r}")
+    return port
+
+
+class MetricsServer:
+    """Serve ``registry`` at ``http://127.0.0.1:<port>/metrics`` from a background thread.
+
+    Use as a context manager, or call :meth:`start` and :meth:`stop`. A port
+    already in use raises :class:`~payflow_lab.domain.ValidationError` naming
+    ``port`` (and nothing is left running).
+    """
+
+    def __init__(self, registry: CollectorRegistry, port: int = DEFAULT_PORT, *, host: str = "127.0.0.1") -> None:
+        if not isinstance(registry, CollectorRegistry):
+            raise ValidationError("registry", f"must be a prometheus_client CollectorRegistry, got {registry!r}")
+        self.registry = registry
+        self.requested_port = check_port(port)
+        self.host = host
+        self._httpd: _Server | None = None
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> MetricsServer:
+        if self._httpd is not None:
+            raise RuntimeError("this metrics server was already started")
+        try:
+            httpd = make_server(self.host, self.requested_port, make_wsgi_app(self.registry),
+                                server_class=_Server, handler_class=_QuietHandler)
+        except OSError as exc:
+            why = exc.strerror or str(exc)
+            raise ValidationError("port", f"cannot serve metrics on {self.host}:{self.requested_port}: {why} "
+                                          "(choose another port, or 0 for any free one)") from None
+        self._httpd = httpd
+        self._thread = threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.1},
+                                        name=f"payflow-metrics:{httpd.server_port}", daemon=True)
+        self._thread.start()
+        return self
+
+    @property
+    def port(self) -> int:
+        """The port actually listened on (the one the OS chose, for port 0)."""
+        if self._httpd is None:
+            raise RuntimeError("the metrics server is not running")
+        return int(self._httpd.server_port)
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.host}:{self.port}/metrics"
+
+    @property
+    def running(self) -> bool:
+        return self._thread is not None and self._thread.is_alive()
+
+    def stop(self) -> None:
+        """Stop serving, close the socket, join the server's threads. Idempotent."""
+        httpd, thread = self._httpd, self._thread
+        if httpd is None:
+            return
+        httpd.shutdown()       # serve_forever returns
+        httpd.server_close()   # the socket closes; request threads are joined
+        if thread is not None:
+            thread.join()
+        self._httpd = self._thread = None
+
+    def __enter__(self) -> MetricsServer:
+        return self.start()
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.stop()
