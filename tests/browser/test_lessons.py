@@ -1,0 +1,213 @@
+"""Every lesson, as a workshop participant meets it: JupyterLab in Chromium, Run All, then the widgets.
+
+For each ``lessons/NN_*.ipynb`` (see :mod:`lessons_spec` for what each must show):
+
+1. open it in a fresh workspace, *Run All*, wait until every cell ran and the kernel is idle;
+2. no cell shows an error, every control panel and plotly figure rendered, the console is clean;
+3. a stand-alone widget demo: moving the slider changes the figure;
+4. a live run: press Start, the plotted series and the readout's story time grow; then move the
+   fault widgets and watch the dashboard do what the lesson says (read from the page, not the kernel);
+5. Stop leaves the session stopped, and the console is still clean.
+
+On failure the screenshot, console, visible errors and dashboard numbers are saved under
+``test-artifacts/browser/<test name>/``, and the failure message names that folder.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import pytest
+
+from chromium import require_browser
+from lessons_spec import LESSONS, DemoCheck, FaultCheck, Lesson, LiveCheck, Observed, Sample, Trace, lesson_files
+
+if TYPE_CHECKING:  # Playwright is imported only when the browser tests can run (see conftest.require_browser)
+    from notebook_page import NotebookPage, SessionView
+
+pytestmark = pytest.mark.browser
+
+#: Real seconds between two reads of a running dashboard when checking that it moves.
+GROWTH_INTERVAL_S = 1.5
+#: Real seconds between two reads of the page while waiting for a fault's effect.
+POLL_S = 0.3
+#: Real seconds a fault check may take at most, whatever the pace (a stalled page must not hang the suite).
+FAULT_REAL_LIMIT_S = 60.0
+
+
+@contextmanager
+def evidence_on_failure(notebook: NotebookPage, folder: Path, context: dict[str, Any]) -> Iterator[None]:
+    """Turn any failure inside into one that names the folder holding the page's evidence."""
+    try:
+        yield
+    except Exception as exc:
+        try:
+            saved = (f"screenshot, console, notebook errors and dashboard numbers saved in "
+                     f"{notebook.save_evidence(folder, context)}")
+        except Exception as save_error:  # evidence is a courtesy: never hide the real failure behind it
+            saved = f"(could not save the evidence to {folder}: {save_error!r})"
+        pytest.fail(f"{type(exc).__name__}: {exc}\n\n{saved}")
+
+
+class Steps:
+    """When each step of a test began (real seconds): part of the evidence, and what to speed up."""
+
+    def __init__(self, context: dict[str, Any]) -> None:
+        self.began = time.monotonic()
+        self.lines: list[str] = context.setdefault("steps", [])
+
+    def __call__(self, what: str) -> None:
+        self.lines.append(f"{time.monotonic() - self.began:6.1f} s  {what}")
+
+
+@pytest.mark.parametrize("name", lesson_files())
+def test_lesson_in_the_browser(name: str, request: pytest.FixtureRequest, evidence_dir: Path) -> None:
+    lesson = LESSONS.get(name)
+    assert lesson is not None, f"{name} has no entry in tests/browser/lessons_spec.py LESSONS: add one"
+    require_browser()  # here, not in a fixture, so that under CI a missing Chromium is a FAILED test
+    notebook: NotebookPage = request.getfixturevalue("notebook")
+    context: dict[str, Any] = {"lesson": name}
+    step = Steps(context)
+    with evidence_on_failure(notebook, evidence_dir, context):
+        step("open in a fresh workspace")
+        notebook.open(name)
+        step("run all")
+        notebook.run_all(lesson.run_all_timeout_s)
+        step("check what rendered")
+        check_rendered(notebook, lesson)
+        if lesson.demo is not None:
+            step("widget demo")
+            check_demo(notebook, lesson.demo)
+        if lesson.live is not None:
+            check_live(notebook, lesson.live, context, step)
+        errors = notebook.console_errors()
+        assert not errors, "the browser console shows errors:\n" + "\n".join(map(str, errors))
+        step("done")
+    print("\n".join(step.lines))  # captured: `pytest -rP` shows where the time went
+
+
+def check_rendered(notebook: NotebookPage, lesson: Lesson) -> None:
+    panels, figures = notebook.count(".payflow-panel"), notebook.count(".js-plotly-plot")
+    assert panels >= lesson.panels, f"{panels} control panels rendered, expected at least {lesson.panels}"
+    assert figures >= lesson.figures, f"{figures} plotly figures rendered, expected at least {lesson.figures}"
+    problems = notebook.rendering_problems()
+    assert not problems, "some outputs did not render:\n" + "\n".join(problems)
+    errors = notebook.console_errors()
+    assert not errors, "the browser console shows errors after Run All:\n" + "\n".join(map(str, errors))
+
+
+def check_demo(notebook: NotebookPage, demo: DemoCheck) -> None:
+    """Move the demo slider; the figure must change and show a point at the slider's value."""
+    slider = notebook.page.locator(f".{demo.slider}")
+    assert slider.count() == 1, f"expected one .{demo.slider} on the page, found {slider.count()}"
+    before = notebook.figure_data(f".{demo.figure}")
+    assert before is not None, f"the .{demo.figure} figure has no data"
+    notebook.set_slider(slider, demo.value)
+    deadline = time.monotonic() + 10.0
+    while (after := notebook.figure_data(f".{demo.figure}")) == before:
+        assert time.monotonic() < deadline, f"moving .{demo.slider} to {demo.value:g} did not change the figure"
+        time.sleep(0.1)
+    xs = [x for trace in after for x in trace["x"]]
+    assert any(isinstance(x, (int, float)) and abs(x - demo.value) < 1e-9 for x in xs), (
+        f"the figure changed but shows no point at x = {demo.value:g}: {after}")
+
+
+def check_live(notebook: NotebookPage, live: LiveCheck, context: dict[str, Any], step: Steps) -> None:
+    """Start the lesson's live session, see it move, switch the fault on, see its effect, stop it."""
+    session = notebook.session(live.session)
+    status = session.status()
+    # Run All ends with close_all(), so the lesson's own run has stopped: start it again, as the lesson says.
+    assert status["state"] in ("idle", "stopped", "finished"), f"after Run All the session is {status}"
+    if live.pace is not None:
+        step(f"live: pace {live.pace:g}")
+        notebook.set_slider(session.root.locator(".payflow-pace"), live.pace)
+    step("live: start")
+    session.press("start")
+    session.wait_state(("running",), timeout_s=15)
+    samples = [session.wait_clock()]
+    _status, _sample, first = session.read()
+    time.sleep(GROWTH_INTERVAL_S)
+    _status, sample, second = session.read()
+    samples.append(sample)
+    check_growth(first, second, samples[0].clock, sample.clock)
+    check_fault(session, live.fault, samples, context, step)
+    step("live: stop")
+    if session.status()["state"] in ("running", "paused"):  # a short run may have finished by itself
+        session.press("stop")
+    status = session.wait_state(("stopped", "finished"), timeout_s=30)
+    assert status["error"] == "false", f"the session reports an error after Stop: {status['text']}"
+
+
+def check_growth(first: dict[str, Trace], second: dict[str, Trace], clock_1: float, clock_2: float) -> None:
+    """Between two reads of a live dashboard, story time advanced and every trace moved right."""
+    assert second, "the dashboard draws no traces while the run is live"
+    missing = {"p50_ms", "p99_ms", "memory_bytes"} - set(second)
+    assert not missing, f"latency and memory are not all drawn: missing {sorted(missing)} of {sorted(second)}"
+    assert clock_2 > clock_1, f"the readout's story time did not advance ({clock_1:g} -> {clock_2:g})"
+    for column, (x2, _y2) in second.items():
+        x1 = first.get(column, ([], []))[0]
+        assert x2, f"trace {column} is empty while the run is live"
+        assert len(x2) >= len(x1), f"trace {column} shrank from {len(x1)} to {len(x2)} points"
+        assert not x1 or x2[-1] > x1[-1], f"trace {column} did not move: last x {x1[-1]} -> {x2[-1]}"
+
+
+def check_fault(session: SessionView, fault: FaultCheck, samples: list[Sample], context: dict[str, Any],
+                step: Steps) -> None:
+    """Let the run build a baseline, switch the fault on with the widgets, and wait for its effect."""
+    started = samples[0].clock
+    deadline = time.monotonic() + FAULT_REAL_LIMIT_S
+    while samples[-1].clock < started + fault.baseline_story_s:
+        assert time.monotonic() < deadline, "the run did not get through its baseline in time"
+        time.sleep(0.1)
+        status, sample, _traces = session.read()
+        assert status["state"] == "running", f"the run ended before the fault was switched on: {status}"
+        samples.append(sample)
+    step(f"live: baseline done at story time {samples[-1].clock:g}")
+    if fault.pause:
+        session.press("pause")
+        session.wait_state(("paused",), timeout_s=15)
+    before = session.traces()
+    for action in fault.actions:
+        session.perform(action)
+        step(f"live: {action.describe()}")
+    samples.append(session.readout())
+    if fault.pause:
+        session.press("pause")  # the same button, labelled Resume while paused
+        session.wait_state(("running",), timeout_s=15)
+    seen = Observed(fault_at=samples[-1].clock, settle_s=fault.settle_s, samples=samples, traces=before,
+                    before=before, until=fault.met_by_seconds)
+    step(f"live: fault on at story time {seen.fault_at:g}")
+    context["fault"] = {"what": fault.what, "fault_at": seen.fault_at,
+                        "actions": [a.describe() for a in fault.actions]}
+    for expectation in fault.expect:
+        problem = expectation.precondition(seen)
+        assert problem is None, f"{expectation.describe()}: the check would prove nothing: {problem}"
+    met: dict[int, str] = {}
+    while True:
+        time.sleep(POLL_S)
+        status, sample, seen.traces = session.read()
+        seen.samples.append(sample)
+        assert status["error"] == "false", f"the session reports an error: {status['text']}"
+        verdicts = [expectation.check(seen) for expectation in fault.expect]
+        context["verdicts"] = [f"{e.describe()}: {v}: {why}" for e, (v, why) in zip(fault.expect, verdicts)]
+        for index, (verdict, why) in enumerate(verdicts):
+            assert verdict != "violated", f"{fault.what}\n  {fault.expect[index].describe()}: {why}"
+            if verdict == "met" and index not in met:
+                met[index] = why
+                step(f"live: met: {why}")
+        if len(met) == len(fault.expect):
+            return
+        watched = seen.now - seen.fault_at
+        if (watched > fault.within_story_s or sample.clock > seen.until or status["state"] != "running"
+                or time.monotonic() > deadline):
+            pending = "\n".join(f"  {fault.expect[i].describe()}: {why}"
+                                for i, (_verdict, why) in enumerate(verdicts) if i not in met)
+            limit = f" (the lesson's limit: {fault.met_by})" if fault.met_by else ""
+            raise AssertionError(
+                f"{fault.what}\nnot seen on the dashboard {watched:g} story seconds after "
+                f"{'; '.join(a.describe() for a in fault.actions)} at story time {seen.fault_at:g}{limit}, "
+                f"run {status['state']}:\n{pending}")
