@@ -57,7 +57,10 @@ def _runs(phases: list[int], seed: int, scale: float, err: Console) -> dict[int,
         scenarios = ("normal", "blackfriday", "recovery") if phase == 5 else ("normal", "blackfriday")
         for scenario in scenarios:
             err.print(f"[dim]running phase {phase}, {scenario} ...[/]")
-            results[phase][scenario] = run_config(RunConfig(scenario=scenario, phase=phase, seed=seed, scale=scale))
+            # Memory is only compared under load; tracing every allocation triples a run's cost.
+            memory = "tracemalloc" if scenario == "blackfriday" else "off"
+            results[phase][scenario] = run_config(RunConfig(scenario=scenario, phase=phase, seed=seed, scale=scale,
+                                                            memory=memory))
     return results
 
 
