@@ -449,6 +449,17 @@ LESSONS: dict[str, Lesson] = {
             expect=(ReachesAtLeast("queue_audit", 40), StaysAtMost("p50_ms", 1.0, for_story_s=60)),
         )),
     ),
+    "07_durable_delivery.ipynb": Lesson(
+        panels=1,
+        figures=1,  # the live dashboard (the lesson's other outputs are text)
+        live=LiveCheck(FaultCheck(
+            what=("set the standard tier to down: breakers open, dead letters held in memory reach 50 and deferred "
+                  "webhooks 100, and p50 stays under a second"),
+            actions=(SetTier("standard", "down"),),
+            expect=(ReachesAtLeast("dead_letters", 50), ReachesAtLeast("deferred_webhooks", 100),
+                    StaysAtMost("p50_ms", 1.0, for_story_s=60)),
+        )),
+    ),
 }
 
 
