@@ -519,10 +519,11 @@ class LiveRun:
     behind.
     """
 
-    def __init__(self, config: RunConfig, *, pace: float | None = 20.0) -> None:
+    def __init__(self, config: RunConfig, *, pace: float | None = 20.0,
+                 pipeline_cls: type[Pipeline] | None = None) -> None:
         self.config = config
         self.controls = Controls(pace=pace)
-        self.simulation = Simulation(config, controls=self.controls)
+        self.simulation = Simulation(config, controls=self.controls, pipeline_cls=pipeline_cls)
         self.result: RunResult | None = None
         self.error: BaseException | None = None
         self._thread: threading.Thread | None = None

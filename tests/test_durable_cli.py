@@ -131,3 +131,33 @@ def test_the_realtime_scenario_delivers_over_http_with_a_receiver_failing_and_re
     assert (tmp_path / "rt.sqlite.receiver-merchants-1.sqlite").exists()
     status, again, _ = run_cli(capsys, "realtime", "--db", str(db), "--duration", "0", "--json")
     assert status == 0 and again["run"] == 2 and again["outbox"]["payments"] == s["outbox"]["payments"]
+
+
+def test_replay_reads_a_simulated_file_in_story_time(tmp_path):
+    """A simulation's outbox holds story time; replay must not age its letters against the Unix clock."""
+    import json as _json
+    import subprocess as _subprocess
+    import sys as _sys
+
+    from payflow_lab.durable.outbox import Outbox
+    from payflow_lab.durable.pipeline import run_durable
+
+    path = tmp_path / "simulated.sqlite"
+    box = Outbox(path)
+    run_durable("normal", seed=3, scale=0.02, duration=1200, outbox=box, memory="off",
+                faults={"tier_modes": {"standard": "down"}})
+    dead = sum(box.dead_letters.count_by_reason().values())
+    box.close()
+    assert dead > 0
+    done = _subprocess.run([_sys.executable, "-m", "payflow_lab", "replay", "--db", str(path), "--json", "--requeue"],
+                           capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    report = _json.loads(done.stdout)
+    assert report["matched"] == report["requeued"] == dead
+    # Story seconds (the run, its drain and its shutdown), not the decades since 1970.
+    assert all(0 <= letter["age_s"] <= 1200 + 120 for letter in report["letters"])
+    box = Outbox(path)
+    run_durable("normal", seed=4, scale=0.02, duration=600, outbox=box, memory="off")  # a healthy restart
+    assert box.dead_letters.count_by_reason() == {}
+    assert box.counts()["dead"] == 0
+    box.close()

@@ -168,6 +168,10 @@ def _cmd_replay(args: argparse.Namespace) -> int:
     if args.limit is not None and args.limit < 0:
         raise ValidationError("limit", f"must not be negative, got {args.limit}")
     with Outbox(args.db, clock=time.time) as outbox:
+        simulated = _written_by_a_simulation(outbox)
+        if simulated is not None:
+            # Story time, not Unix time: ages count back from the file's last recorded moment.
+            outbox.clock = lambda: simulated
         store = outbox.dead_letters
         letters = store.list(key=args.merchant, reason=args.reason, kind=args.kind, older_than=args.older_than,
                              newer_than=args.newer_than, limit=args.limit)
@@ -176,7 +180,9 @@ def _cmd_replay(args: argparse.Namespace) -> int:
                  "age_s": round(letter.age(now), 1), "attempts": letter.attempts, "replays": letter.replays,
                  "error": letter.error,
                  "event_id": getattr(letter.payload, "event_id", None)} for letter in letters]
-        requeued = store.requeue([letter.id for letter in letters]) if args.requeue else []
+        ids = [letter.id for letter in letters]
+        # A simulated restart's clock starts wherever its scenario starts: due at 0 means due at once.
+        requeued = store.requeue(ids, due_at=0.0 if simulated is not None else None) if args.requeue else []
         result = {"db": args.db, "matched": len(rows), "requeued": len(requeued), "letters": rows,
                   "remaining_by_reason": store.count_by_reason(), "outbox": outbox.counts()}
     if args.json:
@@ -184,6 +190,20 @@ def _cmd_replay(args: argparse.Namespace) -> int:
     else:
         _print_replay(result, args.requeue)
     return 0
+
+
+def _written_by_a_simulation(outbox: Any) -> float | None:
+    """If the last process on this file was a simulation, the latest story time it recorded; else None."""
+    from .pipeline import SIMULATED
+
+    row = outbox.execute("SELECT mode FROM runs ORDER BY run DESC LIMIT 1")
+    if not row or row[0][0] != SIMULATED:
+        return None
+    latest = outbox.execute(
+        "SELECT MAX(t) FROM (SELECT MAX(created_at) AS t FROM outbox UNION ALL SELECT MAX(available_at) FROM outbox "
+        "UNION ALL SELECT MAX(delivered_at) FROM outbox UNION ALL SELECT MAX(at) FROM dead_letters "
+        "UNION ALL SELECT MAX(started_at) FROM runs)")
+    return float(latest[0][0] or 0.0)
 
 
 def _print_replay(result: dict[str, Any], requeue: bool) -> None:

@@ -142,15 +142,17 @@ class SQLiteDeadLetters:
         self.removed += 1
         return letter
 
-    def requeue(self, letter_ids: list[str]) -> list[str]:
+    def requeue(self, letter_ids: list[str], *, due_at: float | None = None) -> list[str]:
         """Put the outbox events of these letters back in the outbox, due now; delete the letters. One transaction.
 
-        Returns the ids re-queued. Letters with no outbox event (added with
-        another payload) cannot be re-queued and are refused, naming them.
+        ``due_at`` overrides "now" (the outbox's clock): ``0.0`` makes them due
+        at once whatever clock the next process runs on. Returns the ids
+        re-queued. Letters with no outbox event (added with another payload)
+        cannot be re-queued and are refused, naming them.
         """
         rowids = [_rowid(letter_id) for letter_id in letter_ids]
         outbox = self._outbox
-        now = outbox.clock()
+        now = outbox.clock() if due_at is None else float(due_at)
         done: list[str] = []
         with outbox._lock, outbox._write() as db:
             for rowid in rowids:

@@ -53,6 +53,10 @@ __all__ = ["CrashDemo", "DurablePipeline", "crash_demo", "run_durable"]
 ACK_LATENCY_S = 0.05
 
 
+#: How a simulated run notes itself in the outbox's ``runs`` table (its times are story time).
+SIMULATED = "simulated"
+
+
 class DurablePipeline(Pipeline):
     """Authorize and commit the payment with its events in the outbox; the dispatcher delivers them.
 
@@ -88,6 +92,7 @@ class DurablePipeline(Pipeline):
 
     async def start(self, stack: AsyncExitStack) -> None:
         self.recorder.add_gauge("outbox_pending", self.outbox.pending)
+        self.outbox.start_run(SIMULATED)  # the file's times are story time: `payflow-lab replay` reads this
         # Events left pending by an earlier (crashed) process are this process's work too.
         for kind in self.outbox.kinds:
             for _ in range(len(self.outbox.events(status="pending", kind=kind))):
@@ -147,6 +152,8 @@ def run_durable(scenario: str | Scenario = "normal", *, seed: int = 7, scale: fl
                        memory=memory, faults=dict(faults or {}), drain_seconds=drain_seconds)
     simulation = Simulation(config)
 
+    caller_clock = outbox.clock if outbox is not None else None
+
     def build(world: World) -> DurablePipeline:
         box = outbox
         if box is None:
@@ -158,7 +165,12 @@ def run_durable(scenario: str | Scenario = "normal", *, seed: int = 7, scale: fl
     simulation.pipeline_cls = build  # type: ignore[assignment]
 
     def go() -> RunResult:
-        result = run_virtual(simulation.run, backend=config.backend, seed=config.seed)
+        try:
+            result = run_virtual(simulation.run, backend=config.backend, seed=config.seed)
+        finally:
+            if outbox is not None and caller_clock is not None:
+                # The run's clock dies with its event loop; give the caller's outbox its own clock back.
+                outbox.clock = caller_clock
         result.summary["phase"] = DurablePipeline.number
         return result
 
