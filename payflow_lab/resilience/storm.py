@@ -38,7 +38,7 @@ from dataclasses import asdict, dataclass
 import anyio
 
 from ..domain import ValidationError
-from ..vtime import BACKENDS, run_virtual
+from ..vtime import BACKENDS, in_virtual_time
 from ._checks import integer, number
 from .budget import RetryBudget
 from .deadletter import DeadLetter, InMemoryDeadLetters
@@ -197,7 +197,7 @@ def simulate_storm(policy: str = "full_jitter", *, clients: int = 100, outage_s:
             if replay_every_s is not None:
                 tg.start_soon(replayer, float(replay_every_s))
 
-    run_virtual(storm, backend=backend, seed=seed)
+    in_virtual_time(storm, backend=backend, seed=seed)  # a notebook cell has a loop running already
     seconds = max(len(endpoint.load), math.ceil(tally.last))
     load = endpoint.load + [0] * (seconds - len(endpoint.load))
     served = endpoint.served + [0] * (seconds - len(endpoint.served))

@@ -449,6 +449,28 @@ LESSONS: dict[str, Lesson] = {
             expect=(ReachesAtLeast("queue_audit", 40), StaysAtMost("p50_ms", 1.0, for_story_s=60)),
         )),
     ),
+    "05_production_hardening.ipynb": Lesson(
+        panels=1,
+        figures=3,
+        live=LiveCheck(FaultCheck(
+            what=("switch standard merchants to down: breakers open by the dozen, webhooks pile up in the backlog, "
+                  "dead letters climb, latency does not move"),
+            actions=(SetTier("standard", "down"),),
+            expect=(ReachesAtLeast("breakers_open", 10), RisesBy("deferred_webhooks", 20),
+                    RisesBy("dead_letters", 20), StaysAtMost("p99_ms", 1.0, for_story_s=60)),
+        )),
+    ),
+    "06_monitoring.ipynb": Lesson(
+        panels=1,
+        figures=2,
+        live=LiveCheck(FaultCheck(
+            what="drag webhook errors to 0.5 before 14:08: retries and dead letters climb, latency does not move",
+            actions=(SetSlider("webhook-error-rate", 0.5),),
+            expect=(RisesBy("webhook_retries", 100), RisesBy("dead_letters", 20),
+                    StaysAtMost("p99_ms", 1.0, for_story_s=60)),
+            met_by="14:08:00",
+        )),
+    ),
     "07_durable_delivery.ipynb": Lesson(
         panels=1,
         figures=1,  # the live dashboard (the lesson's other outputs are text)
