@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..domain import ValidationError
 from ..resilience._checks import integer, number
-from ..resilience.deadletter import DeadLetter
+from ..resilience.deadletter import DeadLetter, check_letter
 from .events import OutboxEvent
 
 if TYPE_CHECKING:
@@ -82,13 +82,7 @@ class SQLiteDeadLetters:
     def add(self, key: str, payload: Any, reason: str, *, attempts: int, kind: str = "webhook",
             error: str | None = None) -> DeadLetter:
         """Keep an undelivered ``payload`` with its ``reason``. An :class:`OutboxEvent` payload is also marked dead."""
-        if not isinstance(key, str) or not key:
-            raise ValidationError("key", f"must be a non-empty string, got {key!r}")
-        if not isinstance(reason, str) or not reason:
-            raise ValidationError("reason", f"must be a non-empty string, got {reason!r}")
-        if not isinstance(kind, str) or not kind:
-            raise ValidationError("kind", f"must be a non-empty string, got {kind!r}")
-        integer("attempts", attempts, minimum=0)
+        check_letter(key, reason, kind, attempts)
         outbox = self._outbox
         event_id: str | None = None
         if isinstance(payload, OutboxEvent):

@@ -52,6 +52,8 @@ from ..hooks import Handle, HookBus, Outcome, Rejected
 from ..world import SIDE_EFFECT_KINDS, World
 from .base import Pipeline
 from .delivery import WebhookDelivery
+# Phase 5 keeps Phase 4's database and shutdown budgets.
+from .hook_bus import _DROP_REASONS, CHECKOUT_TIMEOUT_S, SHUTDOWN_DEADLINE_S, SIDE_EFFECT_CHECKOUT_TIMEOUT_S
 
 __all__ = ["CAPACITY", "HardenedPipeline", "INTERNAL_KINDS"]
 
@@ -71,12 +73,6 @@ CALL_TIMEOUT_S = WEBHOOK_TIMEOUT_S
 SECOND_TRY_JITTER_S = 0.2
 #: The bus's timeout on one internal handler: two calls at 5 s each, plus the pause between them.
 INTERNAL_ENVELOPE_S = 2 * CALL_TIMEOUT_S + 1.0
-CHECKOUT_TIMEOUT_S = 2.0
-SIDE_EFFECT_CHECKOUT_TIMEOUT_S = 1.0
-SHUTDOWN_DEADLINE_S = 2 * WEBHOOK_TIMEOUT_S
-
-_DROP_REASONS = {"cancelled": "cancelled at the shutdown deadline",
-                 "never_started": "never started: still queued at the shutdown deadline"}
 
 
 class GaveUp(Exception):

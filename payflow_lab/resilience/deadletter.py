@@ -104,6 +104,14 @@ class DeadLetterStore(Protocol):
     def __len__(self) -> int: ...
 
 
+def check_letter(key: str, reason: str, kind: str, attempts: int) -> None:
+    """Refuse a dead letter whose fields are wrong, naming the field (shared by every store)."""
+    for field, value in (("key", key), ("reason", reason), ("kind", kind)):
+        if not isinstance(value, str) or not value:
+            raise ValidationError(field, f"must be a non-empty string, got {value!r}")
+    integer("attempts", attempts, minimum=0)
+
+
 class InMemoryDeadLetters:
     """A :class:`DeadLetterStore` in a dict, oldest first. Ids are ``dl_000001``, ... in order of arrival.
 
@@ -130,13 +138,7 @@ class InMemoryDeadLetters:
     def add(self, key: str, payload: Any, reason: str, *, attempts: int, kind: str = "webhook",
             error: str | None = None) -> DeadLetter:
         """Keep an undelivered ``payload`` for ``key`` with its ``reason``; return the letter."""
-        if not isinstance(key, str) or not key:
-            raise ValidationError("key", f"must be a non-empty string, got {key!r}")
-        if not isinstance(reason, str) or not reason:
-            raise ValidationError("reason", f"must be a non-empty string, got {reason!r}")
-        if not isinstance(kind, str) or not kind:
-            raise ValidationError("kind", f"must be a non-empty string, got {kind!r}")
-        integer("attempts", attempts, minimum=0)
+        check_letter(key, reason, kind, attempts)
         self._serial += 1
         letter = DeadLetter(id=f"dl_{self._serial:06d}", key=key, kind=kind, payload=payload, reason=reason,
                             at=self._clock(), attempts=attempts, error=error)
