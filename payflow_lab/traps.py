@@ -51,6 +51,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import threading
+import time
 import weakref
 from dataclasses import dataclass, field
 from typing import Any
@@ -93,6 +94,40 @@ async def _sleep_for_an_hour(notes: dict[str, Any]) -> None:
     await asyncio.sleep(3600)
 
 
+#: How many times to ask for a full collection before giving up (5 ms apart: five seconds at most).
+_COLLECTION_TRIES = 1_000
+
+
+async def _full_collection() -> None:
+    """Return once a full (generation 2) garbage collection has *started and finished* since the call.
+
+    ``gc.collect()`` returns at once, collecting nothing, while another thread
+    is in the middle of a collection (a live simulation in the same notebook,
+    say). Watching the collector's own callbacks tells when a full collection
+    that began after our last reference was dropped has completed, whoever
+    ran it; only then is the outcome settled.
+    """
+    seen: dict[str, bool] = {}
+
+    def watch(phase: str, info: dict[str, Any]) -> None:
+        if info.get("generation") == 2:
+            if phase == "start":
+                seen["started"] = True
+            elif seen.get("started"):
+                seen["finished"] = True
+
+    gc.callbacks.append(watch)
+    try:
+        for _ in range(_COLLECTION_TRIES):
+            gc.collect()
+            await asyncio.sleep(0)
+            if seen.get("finished"):
+                return
+            time.sleep(0.005)           # another thread's collection was under way: let it finish
+    finally:
+        gc.callbacks.remove(watch)
+
+
 _JOBS = {"an Event nobody else holds": _wait_for_a_signal_nobody_can_send, "asyncio.sleep": _sleep_for_an_hour}
 
 
@@ -110,8 +145,7 @@ async def _scenario(waits_on: str, keep_reference: bool) -> TrapResult:
     alive = weakref.ref(task)
     del task                            # the fire-and-forget line: the result of create_task is dropped
     await asyncio.sleep(0)              # let it start and block on the Event
-    gc.collect()                        # the collector runs (here on purpose; in production, whenever)
-    await asyncio.sleep(0)
+    await _full_collection()            # the collector runs (here on purpose; in production, whenever)
     survivor = alive()
     result = TrapResult(waits_on, keep_reference, survivor is None, messages, notes.get("cleanup_ran_with"))
     if survivor is not None:
