@@ -67,7 +67,8 @@ completes, nothing fails, everything waits.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import math
+from dataclasses import dataclass, field
 
 from .domain import Tier
 
@@ -94,6 +95,11 @@ class Distribution:
 
     median: float
     sigma: float
+    #: ``log(median)``, the normal's mean, computed once: it is needed on every draw.
+    mu: float = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "mu", math.log(self.median))
 
 
 @dataclass(frozen=True, slots=True)

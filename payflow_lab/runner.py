@@ -262,10 +262,11 @@ class Simulation:
         wall_start = time.perf_counter()
         with MemoryProbe(config.memory) as probe:
             self._t0 = t0 = anyio.current_time()
-            start = scenario.start
+            offset = scenario.start - t0
+            now = anyio.current_time
 
             def clock() -> float:
-                return start + (anyio.current_time() - t0)
+                return offset + now()
 
             recorder = Recorder(clock, probe)
             world = World(seed=config.seed, scale=config.scale, clock=clock, recorder=recorder)
@@ -275,7 +276,7 @@ class Simulation:
             self.world, self.recorder, self.pipeline = world, recorder, pipeline
             recorder.start_memory()
             self.ready.set()
-            end = start + config.sim_duration
+            end = scenario.start + config.sim_duration
             async with anyio.create_task_group() as background:
                 background.start_soon(self._ticker)
                 async with pipeline:

@@ -62,7 +62,7 @@ class EndpointError(Exception):
 
 
 def _lognormal(rng: random.Random, dist: cal.Distribution) -> float:
-    return rng.lognormvariate(math.log(dist.median), dist.sigma)
+    return rng.lognormvariate(dist.mu, dist.sigma)
 
 
 class World:
