@@ -32,11 +32,11 @@ step                  median    sigma  mean
 ====================  ========  =====  =========
 insert + commit (DB)  2 x 3 ms  0.3    ~0.006 s
 authorization         140 ms    0.35   ~0.149 s
-merchant webhook      by tier   --     ~3.6 s (volume-weighted, see below)
-analytics write       2.0 s     0.5    ~2.27 s
-audit write           1.0 s     0.5    ~1.13 s
-risk score            3.0 s     0.5    ~3.40 s
-fraud API             2.0 s     0.5    ~2.27 s
+merchant webhook      by tier   --     ~3.2 s (volume-weighted, see below)
+analytics write       2.0 s     0.65   ~2.47 s
+audit write           1.0 s     0.65   ~1.24 s
+risk score            3.0 s     0.65   ~3.71 s
+fraud API             2.0 s     0.65   ~2.47 s
 ====================  ========  =====  =========
 
 Webhook endpoints differ by merchant tier (enterprise merchants run fast,

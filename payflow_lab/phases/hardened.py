@@ -27,7 +27,7 @@ happens to the side effects, and above all to the merchant webhook:
 The global timeout, and the risk score
 --------------------------------------
 A single 5 s limit is a blunt tool: the risk score (median 3 s, a long tail)
-loses about a fifth of its calls to it on a normal day, analytics and fraud
+loses a fifth to a quarter of its calls to it on a normal day, analytics and fraud
 about one in twelve. Phase 5 keeps the 5 s limit on *every call* and gives
 the internal side effects one more try after a timeout (after a short
 jittered pause): two independent calls both slower than 5 s is rare (about

@@ -21,8 +21,9 @@ the story's global 5-second timeout, enforced by cancellation. So:
   or dropped (rejected, cancelled, never started): none left pending.
 
 The story's *global* timeout is a blunt tool, and the summary shows it: the
-risk score (median 3 s, a long tail) loses about a fifth of its calls to the
-5 s limit even on a normal day. The bus takes a ``timeout=`` per hook; which
+risk score (median 3 s, a long tail) loses a fifth to a quarter of its calls
+to the 5 s limit even on a normal day (the log-normal says 22%; lesson 04's
+afternoon measures 25%). The bus takes a ``timeout=`` per hook; which
 value each side effect deserves is an exercise of the lesson.
 
 Still missing (Phase 5): a webhook that failed is not retried, one bad

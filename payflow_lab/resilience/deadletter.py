@@ -243,7 +243,8 @@ async def replay(store: DeadLetterStore, deliver: Callable[[DeadLetter], Awaitab
     delivery raises stays, with ``attempts`` and ``replays`` incremented and
     ``error`` set. At most ``concurrency`` deliveries run at once. If the
     replay is cancelled, letters not yet delivered stay in the store. A
-    letter removed meanwhile (by another replay) is skipped.
+    letter removed meanwhile (by another replay) is passed over and appears
+    in none of the report's lists.
 
     ``stop_after_failures=n`` stops taking new letters once ``n`` deliveries
     have failed (deliveries already running finish): with ``n=1`` the oldest
