@@ -56,7 +56,7 @@ def _float(text: str) -> float:
 
 def build_parser() -> argparse.ArgumentParser:
     from .phases import PHASES
-    from .runner import DEFAULT_BACKEND, DEFAULT_SCALE
+    from .runner import DEFAULT_BACKEND, DEFAULT_SCALE, DEFAULT_SEED
     from .scenarios import SCENARIOS
     from .vtime import BACKENDS
 
@@ -65,7 +65,8 @@ def build_parser() -> argparse.ArgumentParser:
         description="The PayFlow Black Friday incident, rebuilt phase by phase. "
                     "With no command: the whole evolution, narrated, ending with a before/after table.",
     )
-    parser.add_argument("--seed", type=_positive_int, default=7, help="seed of the world (default 7)")
+    parser.add_argument("--seed", type=_positive_int, default=DEFAULT_SEED,
+                        help=f"seed of the world (default {DEFAULT_SEED})")
     parser.add_argument("--scale", type=_float, default=DEFAULT_SCALE,
                         help=f"shrink merchants, traffic and capacities together (default {DEFAULT_SCALE})")
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of the narration")
@@ -75,7 +76,8 @@ def build_parser() -> argparse.ArgumentParser:
                          description="Run one phase through one scenario in virtual time and summarise it.")
     run.add_argument("--scenario", choices=list(SCENARIOS), default="normal")
     run.add_argument("--phase", type=int, choices=list(PHASES), default=1)
-    run.add_argument("--seed", type=_positive_int, default=7, help="seed of the world (default 7)")
+    run.add_argument("--seed", type=_positive_int, default=DEFAULT_SEED,
+                     help=f"seed of the world (default {DEFAULT_SEED})")
     run.add_argument("--scale", type=_float, default=DEFAULT_SCALE,
                      help=f"shrink merchants, traffic and capacities together (default {DEFAULT_SCALE})")
     run.add_argument("--duration", type=_float, default=None,

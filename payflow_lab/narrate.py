@@ -33,7 +33,7 @@ from rich.console import Console
 from rich.table import Table
 
 from .report import format_bytes, format_ms, timeline_table
-from .runner import RunConfig, RunResult, run_config
+from .runner import DEFAULT_SCALE, DEFAULT_SEED, RunConfig, RunResult, run_config
 
 __all__ = ["RATIO_TARGET", "STORY_CLAIMS", "key_metrics", "latency_ratio", "narrate"]
 
@@ -151,7 +151,7 @@ def _recovery_story(summary: dict[str, Any]) -> str:
     return text
 
 
-def narrate(*, seed: int = 7, scale: float = 0.1, as_json: bool = False) -> int:
+def narrate(*, seed: int = DEFAULT_SEED, scale: float = DEFAULT_SCALE, as_json: bool = False) -> int:
     """Run and tell the evolution; return the exit status."""
     from .phases import available_phases, get_phase
 

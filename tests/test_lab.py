@@ -452,6 +452,21 @@ class TestLiveSession:
         poll_until_final(session)
         assert session.panel.sliders["traffic_multiplier"].value == 3.0  # the sale began at 14:00
 
+    def test_start_again_replays_the_script_not_as_faults_of_your_own(self):
+        session = LiveSession(scenario="blackfriday", duration=660, autopoll=False, **FAST)
+        session.panel.tiers[pf.Tier.STANDARD].value = "down"  # the learner's own fault
+        session.start()
+        poll_until_final(session)
+        first = session.result.summary
+        assert session.panel.sliders["traffic_multiplier"].value == 3.0  # the script moved it
+        assert session.start()
+        assert session.live.config.faults == {"tier_modes": {"standard": "down"}}
+        assert session.panel.sliders["traffic_multiplier"].value == 1.0  # shows what the run starts with
+        poll_until_final(session)
+        assert pf.metrics.strip_nondeterministic(session.result.summary) == pf.metrics.strip_nondeterministic(first)
+        session.reset()
+        assert session.panel.changed_faults() == {}
+
     def test_poller_runs_on_the_event_loop_and_ends_with_the_run(self):
         async def main() -> LiveSession:
             session = LiveSession(scenario="normal", duration=300, interval=0.02, **FAST)

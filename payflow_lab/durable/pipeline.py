@@ -35,7 +35,7 @@ from ..domain import Payment
 from ..phases.base import Pipeline
 from ..phases.hook_bus import CAPACITY, CHECKOUT_TIMEOUT_S, SIDE_EFFECT_CHECKOUT_TIMEOUT_S
 from ..resilience import BreakerConfig, KeyedCircuitBreaker, KeyedRateLimiter, RetryBudget, RetryPolicy
-from ..runner import DEFAULT_BACKEND, DEFAULT_SCALE, RunConfig, RunResult, Simulation
+from ..runner import DEFAULT_BACKEND, DEFAULT_SCALE, DEFAULT_SEED, RunConfig, RunResult, Simulation
 from ..scenarios import Scenario
 from ..vtime import run_virtual
 from ..world import World
@@ -134,7 +134,7 @@ class DurablePipeline(Pipeline):
         }
 
 
-def run_durable(scenario: str | Scenario = "normal", *, seed: int = 7, scale: float = DEFAULT_SCALE,
+def run_durable(scenario: str | Scenario = "normal", *, seed: int = DEFAULT_SEED, scale: float = DEFAULT_SCALE,
                 duration: float | None = None, faults: Mapping[str, Any] | None = None,
                 outbox: Outbox | None = None, ledger: ReceiverLedger | None = None,
                 drain_seconds: float = 30.0, shutdown_deadline: float = 2 * WEBHOOK_TIMEOUT_S,
@@ -189,7 +189,7 @@ class CrashDemo:
         return {"crash_at": self.crash_at, "in_memory": self.in_memory, "outbox": self.outbox}
 
 
-def crash_demo(*, seed: int = 7, scale: float = 0.05, crash_after: float = 300.0, restart_for: float = 300.0,
+def crash_demo(*, seed: int = DEFAULT_SEED, scale: float = 0.05, crash_after: float = 300.0, restart_for: float = 300.0,
                scenario: str = "normal") -> CrashDemo:
     """Crash the process ``crash_after`` simulated seconds into ``scenario``, restart it, and count what survived.
 

@@ -27,6 +27,7 @@ import ipywidgets as widgets
 from ..domain import Tier, ValidationError
 from ..faults import LIMITS, EndpointMode, FaultPlan
 from ..phases import available_phases, get_phase
+from ..runner import DEFAULT_SEED
 from ..scenarios import SCENARIOS, get_scenario
 
 __all__ = ["BUTTON_STATES", "PACE_LIMITS", "SEED_LIMITS", "ControlPanel", "STATES"]
@@ -91,7 +92,7 @@ class ControlPanel:
     """
 
     def __init__(self, *, scenario: str = "normal", phase: int = 1, phases: Iterable[int] | None = None,
-                 scenarios: Iterable[str] | None = None, seed: int = 7, pace: float = 30.0,
+                 scenarios: Iterable[str] | None = None, seed: int = DEFAULT_SEED, pace: float = 30.0,
                  faults: Mapping[str, Any] | None = None) -> None:
         self._phases = self._check_phases(phases, phase)
         self._scenarios = self._check_scenarios(scenarios, scenario)
@@ -102,7 +103,11 @@ class ControlPanel:
         plan = FaultPlan()
         plan.apply(dict(faults or {}))
         self._initial = {"scenario": scenario, "phase": phase, "seed": seed, "pace": self._initial_pace,
-                         "plan": plan.snapshot()}
+                         "plan": plan.snapshot(), "faults": dict(faults or {})}
+        # The faults chosen by the learner (or given here), as opposed to a scenario's scripted
+        # changes, which the widgets also show while a run is live. A new run starts from these.
+        self._own: dict[str, Any] = {}
+        self._remember(self._initial["faults"])
         self._listeners: dict[str, list[_Callback]] = {"faults": [], "pace": [], "button": []}
         self._quiet = 0  # > 0 while the panel sets its own widgets (no callbacks then)
         self.state = "idle"
@@ -234,8 +239,18 @@ class ControlPanel:
         self._listeners["button"].append(callback)
 
     def _emit(self, kind: str, value: Any) -> None:
+        if kind == "faults":
+            self._remember(value)
         for callback in self._listeners[kind]:
             callback(value)
+
+    def _remember(self, faults: Mapping[str, Any]) -> None:
+        for key, value in faults.items():
+            if key == "tier_modes":
+                tiers = self._own.setdefault("tier_modes", {})
+                tiers.update({getattr(t, "value", t): getattr(m, "value", m) for t, m in value.items()})
+            else:
+                self._own[key] = value
 
     # -------------------------------------------------------------- handlers
     @_guarded
@@ -308,15 +323,21 @@ class ControlPanel:
         return settings
 
     def changed_faults(self) -> dict[str, Any]:
-        """The settings that differ from a healthy world (what a new run should start with).
+        """The faults of your own that differ from a healthy world (what a new run should start with).
 
-        Settings left at their defaults are left out, so that a scenario's own
-        opening (Black Friday traffic, for instance) stays in force.
+        "Your own" means set with a widget, with :meth:`apply`, or given to the
+        panel when it was created. The scenario's scripted changes, which the
+        widgets follow during a run (Black Friday's traffic x10), are not
+        included: pressing Start again replays the same afternoon. Settings left
+        at their defaults are left out, so that a scenario's own opening stays
+        in force.
         """
         healthy = FaultPlan().snapshot()
-        settings = self.fault_settings()
-        changed: dict[str, Any] = {k: v for k, v in settings.items()
-                                   if k != "tier_modes" and not math.isclose(v, healthy[k])}
+        plan = FaultPlan()
+        plan.apply(self._own)
+        settings = plan.snapshot()
+        changed: dict[str, Any] = {k: settings[k] for k in self.sliders
+                                   if not math.isclose(settings[k], healthy[k])}
         tiers = {t: m for t, m in settings["tier_modes"].items() if m != healthy["tier_modes"][t]}
         if tiers:
             changed["tier_modes"] = tiers
@@ -379,9 +400,17 @@ class ControlPanel:
         finally:
             self._quiet -= 1
 
+    def show_own_faults(self) -> None:
+        """Show the faults a new run starts with (:meth:`changed_faults`), without notifying anyone."""
+        plan = FaultPlan()
+        plan.apply(self.changed_faults())
+        self._show_snapshot(plan.snapshot())
+
     def reset(self) -> None:
         """Back to the settings the panel was created with (without notifying anyone)."""
         initial = self._initial
+        self._own = {}
+        self._remember(initial["faults"])
         self._quiet += 1
         try:
             self.scenario.value = initial["scenario"]

@@ -39,7 +39,7 @@ import ipywidgets as widgets
 from ..domain import ValidationError
 from ..metrics import hhmmss
 from ..phases import get_phase
-from ..runner import DEFAULT_BACKEND, DEFAULT_SCALE, LiveRun, RunConfig, RunResult
+from ..runner import DEFAULT_BACKEND, DEFAULT_SCALE, DEFAULT_SEED, LiveRun, RunConfig, RunResult
 from ..scenarios import get_scenario
 from .dashboard import Dashboard
 from .panel import ControlPanel, _describe
@@ -88,7 +88,7 @@ class LiveSession:
     """
 
     def __init__(self, *, scenario: str = "normal", phase: int = 1, phases: Iterable[int] | None = None,
-                 scenarios: Iterable[str] | None = None, seed: int = 7, scale: float = DEFAULT_SCALE,
+                 scenarios: Iterable[str] | None = None, seed: int = DEFAULT_SEED, scale: float = DEFAULT_SCALE,
                  duration: float | None = None, pace: float = 30.0, faults: Mapping[str, Any] | None = None,
                  panels: Mapping[str, Sequence[str]] | None = None, window_minutes: float = 10.0,
                  memory: str = "tracemalloc", backend: str = DEFAULT_BACKEND, interval: float = 0.1,
@@ -155,6 +155,7 @@ class LiveSession:
         except ValidationError as exc:
             panel.set_status(str(exc), error=True)
             return False
+        panel.show_own_faults()  # the last run's scripted changes are not this run's
         self.dashboard.reset(title=self._title(config))
         self.result = self.error = None
         self._stop_requested = False
