@@ -71,14 +71,17 @@ def build_parser() -> argparse.ArgumentParser:
                         help=f"shrink merchants, traffic and capacities together (default {DEFAULT_SCALE})")
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of the narration")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    # A subcommand repeats --seed, --scale and --json with SUPPRESS as default, so that
+    # `payflow-lab --seed 3 run` keeps the 3 instead of the subcommand's default overwriting it.
+    inherited = argparse.SUPPRESS
 
     run = sub.add_parser("run", help="run one phase through one scenario",
                          description="Run one phase through one scenario in virtual time and summarise it.")
     run.add_argument("--scenario", choices=list(SCENARIOS), default="normal")
     run.add_argument("--phase", type=int, choices=list(PHASES), default=1)
-    run.add_argument("--seed", type=_positive_int, default=DEFAULT_SEED,
+    run.add_argument("--seed", type=_positive_int, default=inherited,
                      help=f"seed of the world (default {DEFAULT_SEED})")
-    run.add_argument("--scale", type=_float, default=DEFAULT_SCALE,
+    run.add_argument("--scale", type=_float, default=inherited,
                      help=f"shrink merchants, traffic and capacities together (default {DEFAULT_SCALE})")
     run.add_argument("--duration", type=_float, default=None,
                      help="simulated seconds to run (default: the scenario's own length)")
@@ -86,7 +89,8 @@ def build_parser() -> argparse.ArgumentParser:
                      help=f"virtual-time backend (default {DEFAULT_BACKEND})")
     run.add_argument("--memory", choices=["tracemalloc", "rss", "off"], default="tracemalloc",
                      help="how to measure memory (default tracemalloc)")
-    run.add_argument("--json", action="store_true", help="print one JSON object on stdout and nothing else")
+    run.add_argument("--json", action="store_true", default=inherited,
+                     help="print one JSON object on stdout and nothing else")
     run.add_argument("--series", action="store_true", help="with --json: include the per-second series")
     run.add_argument("--live", action="store_true",
                      help="watch it: paced, with the live dashboard and Prometheus /metrics "
@@ -100,7 +104,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     bench = sub.add_parser("bench", help="benchmarks: simulated payments per real second, backends, ...",
                            description="Run the benchmarks and print their figures.")
-    bench.add_argument("--json", action="store_true", help="print one JSON object on stdout and nothing else")
+    bench.add_argument("--json", action="store_true", default=inherited,
+                       help="print one JSON object on stdout and nothing else")
     bench.add_argument("--quick", action="store_true", help="fewer repetitions (for smoke tests)")
 
     from .durable import cli as _durable_cli  # noqa: F401  (registers `realtime` and `replay`)
@@ -180,6 +185,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
     live = args.live or args.scenario == "monitoring"
     if not live and (args.pace is not None or args.port is not None):
         raise UsageError("--pace and --port apply to live runs: add --live (or use --scenario monitoring)")
+    if args.series and not args.json:
+        raise UsageError("--series adds the per-second series to the JSON: add --json")
     config = RunConfig(scenario=args.scenario, phase=args.phase, seed=args.seed, scale=args.scale,
                        backend=args.backend, duration=args.duration, memory=args.memory)
     if live:

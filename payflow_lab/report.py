@@ -66,35 +66,48 @@ def print_run(result: RunResult, console: Console | None = None) -> None:
     console.print(f"[bold]{s['scenario']}[/], phase {s['phase']} ({s['phase_name']}), seed {s['seed']}, "
                   f"scale {s['scale']}: story time {s['story_window'][0]}-{s['story_window'][1]}, "
                   f"{s['sim_seconds']:,.0f} simulated s in {s['wall_seconds']:.1f} real s")
+    # Two narrow tables rather than one wide one: at 80 columns (a pipe, a log file) rich would
+    # shorten the numbers themselves to "13,2…".
     table = Table(title="Payments", show_header=True, header_style="bold")
-    for column in ("attempted", "authorized", "failed", "stuck", "stuck $", "mean", "p50", "p95", "p99", "max"):
-        table.add_column(column, justify="right")
+    for column in ("attempted", "authorized", "failed", "stuck", "stuck $"):
+        table.add_column(column, justify="right", no_wrap=True)
     table.add_row(f"{pay['attempted']:,}", f"{pay['authorized']:,}", f"{pay['failed']:,}", f"{pay['stuck']:,}",
-                  f"{pay['stuck_dollars']:,.0f}", *(format_ms(lat[k]) for k in ("mean", "p50", "p95", "p99", "max")))
+                  f"{pay['stuck_dollars']:,.0f}")
+    console.print(table)
+    table = Table(title="Latency of completed payments (simulated)", show_header=True, header_style="bold")
+    for column in ("mean", "p50", "p95", "p99", "max"):
+        table.add_column(column, justify="right", no_wrap=True)
+    table.add_row(*(format_ms(lat[k]) for k in ("mean", "p50", "p95", "p99", "max")))
     console.print(table)
     fx = s["side_effects"]
     table = Table(title="Side effects", show_header=True, header_style="bold")
     for column in ("kind", "started", "delivered", "failed", "dropped", "dead-lettered", "pending"):
-        table.add_column(column, justify="right")
+        table.add_column(column, justify="right", no_wrap=True)
     for kind, counts in fx.get("by_kind", {}).items():
         table.add_row(kind, *(f"{counts[k]:,}" for k in ("started", "delivered", "failed", "dropped",
                                                           "dead_lettered", "pending")))
     console.print(table)
     mem = s["memory"]
-    console.print(f"memory: start {format_bytes(mem['start_bytes'])}, peak {format_bytes(mem['peak_bytes'])}, "
-                  f"end {format_bytes(mem['end_bytes'])}  [dim]({mem['how']})[/]")
+    if mem["how"].startswith("off"):
+        console.print("memory: not measured (--memory off)")
+    else:
+        console.print(f"memory: start {format_bytes(mem['start_bytes'])}, peak {format_bytes(mem['peak_bytes'])}, "
+                      f"end {format_bytes(mem['end_bytes'])}  [dim]({mem['how']})[/]")
     console.print(f"tasks: peak {s['tasks']['peak_in_flight']:,} in flight, {s['tasks']['end_in_flight']:,} at the end; "
                   f"DB pool of {s['db_pool_size']}")
     ll = s["littles_law"]
     console.print(f"Little's law: {ll['arrival_rate_per_s']:.2f} payments/s x {ll['mean_latency_s']:.2f} s = "
                   f"{ll['predicted_in_flight']:.1f} in flight predicted, {ll['measured_mean_in_flight']:.1f} measured")
+    if pay["stuck"]:
+        console.print(f"  [dim]the prediction uses completed payments only; the {pay['stuck']:,} stuck ones never "
+                      f"finished, so they are in the measurement but not in the mean latency[/]")
     extra: list[tuple[str, str]] = []
     for key, value in s.items():
         if key not in CORE_KEYS:
             _flatten(key, value, extra)
     if extra:
         table = Table(title=f"Phase {s['phase']} details", show_header=False)
-        table.add_column("key")
+        table.add_column("key", overflow="fold")
         table.add_column("value", overflow="fold")
         for key, value in extra:
             table.add_row(key, value)

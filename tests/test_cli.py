@@ -83,6 +83,7 @@ def test_series_can_be_included():
         (["run", "--duration", "-5"], "duration"),
         (["frobnicate"], "frobnicate"),
         (["run", "--nonsense"], "--nonsense"),
+        (["run", "--duration", "60", "--series"], "--json"),
     ],
 )
 def test_bad_arguments_give_one_line_and_status_2(args, words, capsys):
@@ -109,6 +110,28 @@ def test_human_output_has_the_tables():
     assert done.returncode == 0
     for words in ("Payments", "Side effects", "Timeline", "Little's law"):
         assert words in done.stdout
+
+
+def test_headline_numbers_are_whole_in_80_columns():
+    env = {**os.environ, "COLUMNS": "80"}
+    done = subprocess.run([sys.executable, "-m", "payflow_lab", "run", "--scenario", "blackfriday", "--phase", "1",
+                           "--memory", "off", "--json"], capture_output=True, text=True, env=env, timeout=300)
+    payments = json.loads(done.stdout)["payments"]
+    text = subprocess.run([sys.executable, "-m", "payflow_lab", "run", "--scenario", "blackfriday", "--phase", "1",
+                           "--memory", "off"], capture_output=True, text=True, env=env, timeout=300).stdout
+    headline = text[:text.index("Side effects")]
+    assert "…" not in headline
+    for key in ("attempted", "authorized", "stuck"):
+        assert f"{payments[key]:,}" in headline
+    assert f"{payments['stuck_dollars']:,.0f}" in headline
+
+
+def test_options_before_the_command_are_kept(capsys):
+    assert main(["--seed", "3", "--scale", "0.05", "--json", "run", "--duration", "30", "--memory", "off"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert (data["seed"], data["scale"]) == (3, 0.05)
+    assert main(["--seed", "3", "run", "--seed", "4", "--duration", "30", "--memory", "off", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["seed"] == 4  # the command's own option wins
 
 
 def test_bench_reports_backends_in_json():

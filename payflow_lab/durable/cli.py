@@ -69,7 +69,7 @@ def register(sub: Any) -> None:
                                                                    "what is pending)")
     rt.add_argument("--rate", type=_float, default=20.0, help="payments per second (default 20)")
     rt.add_argument("--receivers", type=_int, default=3, help="merchant receivers to start (default 3)")
-    rt.add_argument("--seed", type=_int, default=7, help="seed of the world (default 7)")
+    rt.add_argument("--seed", type=_int, default=argparse.SUPPRESS, help="seed of the world (default 7)")
     rt.add_argument("--drain", type=_float, default=30.0,
                     help="seconds to let deliveries finish after the traffic (default 30)")
     rt.add_argument("--workers", type=_int, default=16, help="delivery workers per side effect (default 16)")
@@ -82,7 +82,8 @@ def register(sub: Any) -> None:
     rt.add_argument("--endpoints", default=None,
                     help="JSON file of receivers running elsewhere ({'webhook': [{url, secret}], 'analytics': "
                          "{...}, 'audit': {...}}); no local receivers, no fault")
-    rt.add_argument("--json", action="store_true", help="print one JSON object on stdout and nothing else")
+    rt.add_argument("--json", action="store_true", default=argparse.SUPPRESS,
+                    help="print one JSON object on stdout and nothing else")
     rt.set_defaults(handler=_cmd_realtime)
 
     rp = sub.add_parser("replay", help="list dead letters of an outbox, and re-queue them",
@@ -96,7 +97,8 @@ def register(sub: Any) -> None:
     rp.add_argument("--newer-than", type=parse_age, default=None, metavar="AGE", help="only letters less than AGE old")
     rp.add_argument("--limit", type=_int, default=None, help="at most this many (the oldest)")
     rp.add_argument("--requeue", action="store_true", help="put the matching letters back in the outbox, due now")
-    rp.add_argument("--json", action="store_true", help="print one JSON object on stdout and nothing else")
+    rp.add_argument("--json", action="store_true", default=argparse.SUPPRESS,
+                    help="print one JSON object on stdout and nothing else")
     rp.set_defaults(handler=_cmd_replay)
 
 
