@@ -28,7 +28,7 @@ from .runner import (
     run_async,
     run_config,
 )
-from .scenarios import SCENARIOS, Scenario, get_scenario
+from .scenarios import SCENARIOS, Scenario, Step, get_scenario
 from .world import Declined, EndpointError, World
 
 try:
@@ -57,6 +57,7 @@ __all__ = [
     "SCENARIOS",
     "Scenario",
     "Simulation",
+    "Step",
     "Tier",
     "ValidationError",
     "World",

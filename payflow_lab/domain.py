@@ -15,6 +15,7 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Iterable, Iterator, Mapping
+from typing import Any
 from dataclasses import dataclass
 from enum import Enum
 
@@ -134,7 +135,7 @@ class Merchant:
     webhook_burst: int
 
     def __post_init__(self) -> None:
-        if not isinstance(self.id, str) or not MERCHANT_ID.match(self.id):
+        if not isinstance(self.id, str) or not MERCHANT_ID.fullmatch(self.id):
             raise ValidationError("merchant.id", f"must look like 'mch_00042', got {self.id!r}")
         if not isinstance(self.name, str) or not self.name.strip():
             raise ValidationError("merchant.name", f"must be a non-empty string, got {self.name!r}")
@@ -166,9 +167,9 @@ class Payment:
     created_at: float
 
     def __post_init__(self) -> None:
-        if not isinstance(self.id, str) or not PAYMENT_ID.match(self.id):
+        if not isinstance(self.id, str) or not PAYMENT_ID.fullmatch(self.id):
             raise ValidationError("id", f"must look like 'pay_' and 12 hex digits, got {self.id!r}")
-        if not isinstance(self.merchant_id, str) or not MERCHANT_ID.match(self.merchant_id):
+        if not isinstance(self.merchant_id, str) or not MERCHANT_ID.fullmatch(self.merchant_id):
             raise ValidationError("merchant_id", f"must look like 'mch_00042', got {self.merchant_id!r}")
         if isinstance(self.amount_cents, float):
             raise ValidationError(
@@ -194,7 +195,12 @@ def to_usd(amount_cents: int, currency: str) -> float:
 
 
 class MerchantDirectory(Mapping[str, Merchant]):
-    """The merchants PayFlow knows, by id. Looking up an unknown id is a validation error."""
+    """The merchants PayFlow knows, by id.
+
+    ``directory[id]`` with an unknown id is a validation error naming
+    ``merchant_id``; ``id in directory`` and ``directory.get(id)`` answer
+    ``False`` and ``None`` like any mapping.
+    """
 
     def __init__(self, merchants: Iterable[Merchant]) -> None:
         self._by_id: dict[str, Merchant] = {}
@@ -208,6 +214,12 @@ class MerchantDirectory(Mapping[str, Merchant]):
             return self._by_id[merchant_id]
         except KeyError:
             raise ValidationError("merchant_id", f"unknown merchant {merchant_id!r}") from None
+
+    def __contains__(self, merchant_id: object) -> bool:
+        return merchant_id in self._by_id
+
+    def get(self, merchant_id: str, default: Any = None) -> Any:  # type: ignore[override]
+        return self._by_id.get(merchant_id, default)
 
     def __iter__(self) -> Iterator[str]:
         return iter(self._by_id)

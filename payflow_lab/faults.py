@@ -147,7 +147,7 @@ class FaultPlan:
             raise ValidationError("merchants", "must map merchant ids to faults")
         staged: dict[str, MerchantFault | None] = {}
         for merchant_id, spec in value.items():
-            if not isinstance(merchant_id, str) or not MERCHANT_ID.match(merchant_id):
+            if not isinstance(merchant_id, str) or not MERCHANT_ID.fullmatch(merchant_id):
                 raise ValidationError("merchants", f"malformed merchant id {merchant_id!r}")
             if spec is None:
                 staged[merchant_id] = None

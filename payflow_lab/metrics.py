@@ -40,7 +40,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from .domain import Payment
+from .domain import Payment, ValidationError
 
 __all__ = [
     "MemoryProbe",
@@ -237,6 +237,9 @@ class Recorder:
 
     # --------------------------------------------------------------- payments
     def payment_started(self, payment: Payment) -> None:
+        """Count ``payment`` as attempted. Refuses, recording nothing, an id that is still in flight."""
+        if payment.id in self._in_flight:
+            raise ValidationError("id", f"payment {payment.id} is already in flight in this run")
         self.attempted += 1
         self._window_arrivals += 1
         self._in_flight[payment.id] = _InFlight(payment, self.clock())

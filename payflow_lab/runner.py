@@ -226,6 +226,19 @@ class Controls:
                 self._anchor = (time.perf_counter(), sim_elapsed)
 
 
+def _only_error(group: BaseExceptionGroup) -> BaseException | None:
+    """The single exception inside ``group`` (nested groups flattened), or None if there are several."""
+    leaves: list[BaseException] = []
+    pending: list[BaseException] = [group]
+    while pending:
+        error = pending.pop()
+        if isinstance(error, BaseExceptionGroup):
+            pending.extend(error.exceptions)
+        else:
+            leaves.append(error)
+    return leaves[0] if len(leaves) == 1 else None
+
+
 class Simulation:
     """One run of one phase through one scenario.
 
@@ -240,6 +253,9 @@ class Simulation:
     def __init__(self, config: RunConfig, *, controls: Controls | None = None,
                  on_tick: Callable[[Simulation], None] | None = None,
                  pipeline_cls: type[Pipeline] | None = None) -> None:
+        if not isinstance(config, RunConfig):
+            raise ValidationError("config", f"must be a RunConfig (RunConfig(**settings) for a dict), "
+                                            f"got {type(config).__name__}")
         self.config = config
         self.controls = controls
         self.on_tick = on_tick
@@ -259,6 +275,21 @@ class Simulation:
 
     # -------------------------------------------------------------- the run
     async def run(self) -> RunResult:
+        """Run the scenario to its end (or until stopped) and return the result.
+
+        An error from inside the run (a scenario step, an ``on_tick`` callback,
+        the pipeline) is raised as itself, not wrapped in the task groups'
+        ``ExceptionGroup``, so that ``except ValidationError`` catches it.
+        """
+        try:
+            return await self._run()
+        except BaseExceptionGroup as group:
+            only = _only_error(group)
+            if only is None:
+                raise
+            raise only from None
+
+    async def _run(self) -> RunResult:
         config = self.config
         scenario = self.scenario
         wall_start = time.perf_counter()

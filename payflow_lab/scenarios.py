@@ -66,15 +66,34 @@ class Scenario:
     def __post_init__(self) -> None:
         from .domain import ValidationError
 
+        from .faults import FaultPlan
+
+        def number(value: Any) -> bool:
+            return isinstance(value, (int, float)) and not isinstance(value, bool)
+
         if not isinstance(self.name, str) or not self.name:
             raise ValidationError("scenario.name", f"must be a non-empty string, got {self.name!r}")
-        if not isinstance(self.start, (int, float)) or not 0 <= self.start < 86_400:
+        if not number(self.start) or not 0 <= self.start < 86_400:
             raise ValidationError("scenario.start", f"must be seconds since midnight (0-86399), got {self.start!r}")
-        if not isinstance(self.duration, (int, float)) or not 0 < self.duration <= 86_400:
+        if not number(self.duration) or not 0 < self.duration <= 86_400:
             raise ValidationError("scenario.duration", f"must be between 0 and 86400 s, got {self.duration!r}")
+        # Fixed changes are checked now, on a throwaway plan, so that a bad one fails here
+        # and not half-way through the afternoon. Callables can only be checked when they run.
+        try:
+            FaultPlan().apply(dict(self.initial))
+        except ValidationError as exc:
+            raise ValidationError("scenario.initial", str(exc)) from None
         for step in self.steps:
             if not isinstance(step, Step):
                 raise ValidationError("scenario.steps", f"must hold Step objects, got {type(step).__name__}")
+            if not number(step.at) or not 0 <= step.at <= 2 * 86_400:
+                raise ValidationError("scenario.steps", f"step {step.what!r}: at must be story seconds, "
+                                                        f"got {step.at!r}")
+            if not callable(step.changes):
+                try:
+                    FaultPlan().apply(dict(step.changes))
+                except ValidationError as exc:
+                    raise ValidationError("scenario.steps", f"step {step.what!r} at {step.at:g}: {exc}") from None
 
     @property
     def end(self) -> float:

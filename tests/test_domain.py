@@ -76,6 +76,24 @@ def test_unknown_merchant_is_a_validation_error():
     assert directory.validate(make()).id == "mch_00001"
 
 
+def test_directory_answers_membership_like_a_mapping():
+    directory = MerchantDirectory([merchant()])
+    assert "mch_00001" in directory and "mch_99999" not in directory and 1 not in directory
+    assert directory.get("mch_99999") is None and directory.get("mch_00001").id == "mch_00001"
+    with pytest.raises(ValidationError, match="merchant_id: unknown merchant"):
+        directory["mch_99999"]
+
+
+@pytest.mark.parametrize("bad_id", ["pay_0123456789ab\n", "pay_0123456789ab\n\n"])
+def test_an_id_with_a_trailing_newline_is_malformed(bad_id):
+    with pytest.raises(ValidationError) as info:
+        make(id=bad_id)
+    assert info.value.field == "id"
+    with pytest.raises(ValidationError) as info:
+        merchant(id="mch_00001\n")
+    assert info.value.field == "merchant.id"
+
+
 def test_directory_refuses_non_payments_and_duplicates():
     directory = MerchantDirectory([merchant()])
     with pytest.raises(ValidationError, match="must be a Payment"):

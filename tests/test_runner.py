@@ -146,10 +146,14 @@ def test_submit_validates_before_recording_anything():
                        created_at=simulation.world.clock())
         simulation.submit(good)
         seen["recorded"] = recorder.attempted == before + 1
+        with pytest.raises(ValidationError, match="id: payment pay_00000000cafe is already in flight"):
+            simulation.submit(good)
+        seen["once"] = recorder.attempted == before + 1
 
     result = run_config(RunConfig(scenario="normal", duration=60, memory="off"), on_tick=on_tick)
-    assert seen == {"unchanged": True, "recorded": True}
-    assert result.summary["payments"]["attempted"] >= 1
+    assert seen == {"unchanged": True, "recorded": True, "once": True}
+    payments = result.summary["payments"]
+    assert payments["attempted"] == payments["authorized"] + payments["failed"] + payments["stuck"] >= 1
 
 
 def test_submit_outside_a_run_is_refused():
@@ -165,6 +169,43 @@ def test_custom_scenarios_are_accepted():
     assert result.summary["story_window"] == ["03:00:00", "03:10:00"]
     with pytest.raises(ValidationError, match="scenario.start"):
         pf.Scenario(name="x", title="x", start=-5, duration=10)
+
+
+@pytest.mark.parametrize(
+    ("options", "words"),
+    [
+        ({"steps": (pf.Step(at=50_700, what="boom", changes={"webhook_error_rate": 5}),)},
+         "scenario.steps: step 'boom' at 50700: webhook_error_rate"),
+        ({"steps": (pf.Step(at=float("nan"), what="when?", changes={}),)}, "scenario.steps: step 'when?': at"),
+        ({"initial": {"traffic_multiplier": -1}}, "scenario.initial: traffic_multiplier"),
+        ({"start": True}, "scenario.start"),
+    ],
+)
+def test_a_bad_scenario_fails_when_it_is_built_not_mid_run(options, words):
+    with pytest.raises(ValidationError, match=words.replace("(", r"\(").replace("?", r"\?")):
+        pf.Scenario(**{"name": "bad", "title": "bad", "start": 50_400.0, "duration": 600.0, **options})
+
+
+@pytest.mark.parametrize("backend", ["asyncio", "trio"])
+def test_an_error_inside_the_run_is_raised_as_itself(backend):
+    def broken(world):
+        raise ValidationError("merchants", "this step is broken")
+
+    scenario = pf.Scenario(name="broken", title="broken", start=50_400.0, duration=600.0,
+                           steps=(pf.Step(at=50_500.0, what="breaks", changes=broken),))
+    with pytest.raises(ValidationError, match="this step is broken"):
+        pf.run(scenario, memory="off", backend=backend)
+
+    def tick(simulation):
+        raise RuntimeError("the callback broke")
+
+    with pytest.raises(RuntimeError, match="the callback broke"):
+        run_config(RunConfig(duration=30, memory="off", backend=backend), on_tick=tick)
+
+
+def test_a_dict_is_not_a_config():
+    with pytest.raises(ValidationError, match="config: must be a RunConfig"):
+        run_config({"scenario": "normal"})  # type: ignore[arg-type]
 
 
 class TestLiveRun:
