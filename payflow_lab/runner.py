@@ -88,7 +88,7 @@ class RunConfig:
             get_scenario(self.scenario)
         get_phase(self.phase)
         if isinstance(self.seed, bool) or not isinstance(self.seed, int) or not 0 <= self.seed < 2**63:
-            raise ValidationError("seed", f"must be a non-negative integer, got {self.seed!r}")
+            raise ValidationError("seed", f"must be a whole number from 0 to 2**63 - 1, got {self.seed!r}")
         low, high = SCALE_LIMITS
         if (isinstance(self.scale, bool) or not isinstance(self.scale, (int, float))
                 or not math.isfinite(self.scale) or not low <= self.scale <= high):
@@ -98,7 +98,8 @@ class RunConfig:
         if self.duration is not None and (
                 isinstance(self.duration, bool) or not isinstance(self.duration, (int, float))
                 or not math.isfinite(self.duration) or not 0 < self.duration <= 24 * 3600):
-            raise ValidationError("duration", f"must be between 0 and 86400 simulated seconds, got {self.duration!r}")
+            raise ValidationError("duration", f"must be more than 0 and at most 86400 simulated seconds, "
+                                              f"got {self.duration!r}")
         if self.memory not in MemoryProbe.DESCRIPTIONS:
             raise ValidationError("memory", f"must be one of {', '.join(MemoryProbe.DESCRIPTIONS)}, got {self.memory!r}")
         FaultPlan().apply(self.faults)  # validates without keeping anything
@@ -535,10 +536,14 @@ def run(scenario: str | Scenario = "normal", phase: int = 1, *, seed: int = DEFA
     return run_config(config, pipeline_cls=pipeline_cls)
 
 
-async def run_async(scenario: str | Scenario = "normal", phase: int = 1, **options: Any) -> RunResult:
-    """:func:`run` for async callers: the simulation runs in a worker thread; the caller's loop stays free."""
+async def run_async(scenario: str | Scenario = "normal", phase: int = 1, *,
+                    pipeline_cls: type[Pipeline] | None = None, **options: Any) -> RunResult:
+    """:func:`run` for async callers: the simulation runs in a worker thread; the caller's loop stays free.
+
+    Takes the same arguments as :func:`run`.
+    """
     config = RunConfig(scenario=scenario, phase=phase, **options)
-    simulation = Simulation(config)
+    simulation = Simulation(config, pipeline_cls=pipeline_cls)
     return await anyio.to_thread.run_sync(
         lambda: run_virtual(simulation.run, backend=config.backend, seed=config.seed))
 
@@ -600,6 +605,22 @@ class LiveRun:
         return self._thread is not None and self._thread.is_alive()
 
     def set_faults(self, **changes: Any) -> None:
+        """Change the fault plan at the next simulated second; validated now, all or nothing.
+
+        Raises :class:`RuntimeError` once the run has ended (nothing would
+        apply the change), and :class:`ValidationError` for a merchant id
+        this run's world does not have.
+        """
+        if self._thread is not None and not self._thread.is_alive():
+            raise RuntimeError(f"the run has {self.state}: fault changes apply to a live run; start a new one")
+        world = self.simulation.world
+        merchants = changes.get("merchants")
+        if world is not None and isinstance(merchants, Mapping):
+            unknown = sorted(m for m in merchants if m not in world.merchants)
+            if unknown:
+                raise ValidationError("merchants", f"unknown merchant {unknown[0]!r}: this world has "
+                                                   f"{len(world.merchants)} merchants, "
+                                                   f"{min(world.merchants)} to {max(world.merchants)}")
         self.controls.set_faults(**changes)
 
     def set_pace(self, pace: float | None) -> None:

@@ -11,6 +11,7 @@ import pytest
 
 import payflow_lab as pf
 from payflow_lab.domain import Payment, ValidationError
+from payflow_lab.metrics import strip_nondeterministic
 from payflow_lab.runner import Controls, RunConfig, Simulation, run_config
 from payflow_lab.vtime import VirtualTimeLoop, run_virtual
 
@@ -249,6 +250,25 @@ class TestLiveRun:
             live.start()
         live.join(10)
 
+    def test_fault_changes_name_unknown_merchants_and_need_a_live_run(self):
+        live = pf.LiveRun(RunConfig(scenario="normal", duration=600, memory="off"), pace=50).start()
+        try:
+            wait = time.monotonic() + 10
+            while live.simulation.world is None and time.monotonic() < wait:
+                time.sleep(0.01)
+            with pytest.raises(ValidationError, match="merchants: unknown merchant 'mch_99999'"):
+                live.set_faults(merchants={"mch_99999": {"mode": "down"}})
+            live.set_faults(merchants={"mch_00001": {"mode": "down"}})
+            wait = time.monotonic() + 10
+            while "mch_00001" not in live.simulation.world.faults.snapshot()["merchants"]:
+                assert time.monotonic() < wait, "the good change never arrived"
+                time.sleep(0.01)
+        finally:
+            live.stop(30)
+        assert list(live.simulation.world.faults.snapshot()["merchants"]) == ["mch_00001"]
+        with pytest.raises(RuntimeError, match="the run has finished"):
+            live.set_faults(traffic_multiplier=2)
+
     @pytest.mark.parametrize("pace", [0, -1, 1e9, float("nan")])
     def test_bad_pace(self, pace):
         with pytest.raises(ValidationError, match="pace"):
@@ -270,6 +290,9 @@ def test_a_variant_pipeline_can_stand_in_for_a_phase():
     assert "webhook" not in variant["side_effects"]["by_kind"]
     with pytest.raises(ValidationError, match="pipeline_cls"):
         pf.run("normal", phase=1, duration=10, pipeline_cls=dict)
+    from_async = anyio.run(lambda: pf.run_async("normal", phase=1, seed=3, duration=600, memory="off",
+                                                pipeline_cls=WithoutWebhooks))
+    assert strip_nondeterministic(from_async.summary) == strip_nondeterministic(variant)
 
 
 def test_in_virtual_time_works_inside_a_running_loop():

@@ -119,7 +119,8 @@ class BreakerConfig:
     def __post_init__(self) -> None:
         if self.failure_ratio is None and self.consecutive_failures is None:
             raise ValidationError("failure_ratio",
-                                  "and consecutive_failures are both None: the breaker could never open")
+                                  "is None and so is consecutive_failures: the breaker could never open; "
+                                  "set at least one")
         if self.failure_ratio is not None:
             number("failure_ratio", self.failure_ratio, above=0.0, maximum=1.0)
         integer("minimum_throughput", self.minimum_throughput, minimum=1)
