@@ -29,7 +29,7 @@ import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 import anyio
 import anyio.abc
@@ -56,6 +56,8 @@ __all__ = [
     "run_async",
     "run_config",
 ]
+
+T = TypeVar("T")
 
 #: The virtual-time backend used unless one is asked for (measured faster; see vtime).
 DEFAULT_BACKEND = "asyncio"
@@ -490,7 +492,8 @@ def _loop_running_here() -> bool:
     return False
 
 
-def _in_worker_thread(fn: Callable[[], RunResult]) -> RunResult:
+def _in_worker_thread(fn: Callable[[], T]) -> T:
+    """Call ``fn`` in a fresh thread and return its result (or raise its error) here."""
     box: dict[str, Any] = {}
 
     def target() -> None:

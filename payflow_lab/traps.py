@@ -50,7 +50,6 @@ from __future__ import annotations
 
 import asyncio
 import gc
-import threading
 import time
 import weakref
 from dataclasses import dataclass, field
@@ -167,22 +166,14 @@ def demonstrate() -> tuple[TrapResult, TrapResult, TrapResult]:
     >>> trap.collected, kept.collected, sleeping.collected
     (True, False, False)
     """
-    box: dict[str, Any] = {}
+    from .runner import _in_worker_thread
 
-    def target() -> None:
-        try:
-            event, sleep = _JOBS
-            box["result"] = (asyncio.run(_scenario(event, False)), asyncio.run(_scenario(event, True)),
-                             asyncio.run(_scenario(sleep, False)))
-        except BaseException as exc:  # re-raised in the caller's thread
-            box["error"] = exc
+    def target() -> tuple[TrapResult, TrapResult, TrapResult]:
+        event, sleep = _JOBS
+        return (asyncio.run(_scenario(event, False)), asyncio.run(_scenario(event, True)),
+                asyncio.run(_scenario(sleep, False)))
 
-    thread = threading.Thread(target=target, name="payflow-trap", daemon=True)
-    thread.start()
-    thread.join()
-    if "error" in box:
-        raise box["error"]
-    return box["result"]
+    return _in_worker_thread(target)
 
 
 if __name__ == "__main__":  # pragma: no cover
