@@ -1,15 +1,23 @@
 # payflow-lab: the workshop in two commands.
 #
-#   make lab    set everything up (.venv, packages) and open the workshop in JupyterLab
-#   make test   set everything up and run the whole test suite (unit, CLI, notebooks, browser)
+#   make lab    set up what a learner needs (.venv with the `lab` extra) and open the workshop
+#   make test   set up everything (the `lab` and `test` extras) and run the whole test suite
 #
 # Both need only Python 3.11+ on the PATH (override with PYTHON=python3.12).
+# `make lab` takes PORT=8888 and LAB_ARGS (more options for `jupyter lab`), for example
+#   make lab PORT=8890 LAB_ARGS=--no-browser
 
-PYTHON ?= python3
-VENV   ?= .venv
-BIN    := $(VENV)/bin
-STAMP  := $(VENV)/.payflow-installed
-PORT   ?= 8888
+PYTHON   ?= python3
+VENV     ?= .venv
+BIN      := $(VENV)/bin
+LAB_STAMP := $(VENV)/.payflow-lab
+STAMP    := $(VENV)/.payflow-installed
+PORT     ?= 8888
+LAB_ARGS ?=
+# What the editable install is made of: a change to any of these reinstalls.
+SETUP_FILES := pyproject.toml hatch_build.py $(shell find jupyter-config -type f -name '*.json' 2>/dev/null)
+# JupyterLab refuses to start as root unless told to; workshop containers often run as root.
+ALLOW_ROOT := $(if $(filter 0,$(shell id -u 2>/dev/null)),--allow-root)
 
 .PHONY: lab test test-fast lessons bench story chromium clean help
 
@@ -20,15 +28,26 @@ help:
 	@echo "make bench    run the benchmarks (payflow-lab bench)"
 	@echo "make story    the whole evolution, narrated (payflow-lab)"
 
-$(STAMP): pyproject.toml
+$(BIN)/python:
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "payflow-lab needs Python 3.11 or newer; try make PYTHON=python3.11")'
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e ".[lab,test]"
-	@touch $(STAMP)
 
-lab: $(STAMP)
-	$(BIN)/jupyter lab --notebook-dir=lessons --port=$(PORT) 00_start_here.ipynb
+# A learner's environment: the engine and JupyterLab, none of the test tools.
+$(LAB_STAMP): $(SETUP_FILES) | $(BIN)/python
+	$(BIN)/python -m pip install --quiet -e ".[lab]"
+	@touch $@
+
+# A developer's (and CI's): the learner's plus everything the tests use.
+$(STAMP): $(SETUP_FILES) | $(BIN)/python
+	$(BIN)/python -m pip install --quiet -e ".[lab,test]"
+	@touch $@ $(LAB_STAMP)
+
+# The file argument is a path from here; --notebook-dir is what the file browser shows. Learners
+# get a read-only extension manager; no news prompt and no update check come with the package
+# (jupyter-config/).
+lab: $(LAB_STAMP)
+	$(BIN)/jupyter lab --notebook-dir=lessons --LabApp.extension_manager=readonly $(ALLOW_ROOT) --port=$(PORT) $(LAB_ARGS) lessons/00_start_here.ipynb
 
 test: $(STAMP) chromium
 	$(BIN)/python -m pytest tests lessons --nbval-lax --nbval-current-env --nbval-sanitize-with lessons/sanitize.cfg
@@ -39,7 +58,8 @@ test-fast: $(STAMP)
 chromium:
 	@sh tools/ensure-chromium
 
-lessons: $(STAMP)
+# Chromium draws the static PNG beside each plotly figure (tools/build_lessons.py).
+lessons: $(STAMP) chromium
 	$(BIN)/python tools/build_lessons.py
 
 bench: $(STAMP)
@@ -49,5 +69,5 @@ story: $(STAMP)
 	$(BIN)/payflow-lab
 
 clean:
-	rm -rf $(VENV) .pytest_cache .hypothesis test-artifacts
+	rm -rf $(VENV) .pytest_cache .hypothesis test-artifacts dist build
 	find . -name __pycache__ -type d -prune -exec rm -rf {} +
