@@ -22,11 +22,13 @@ from __future__ import annotations
 
 import os
 import platform
-import sys
 import time
 from collections.abc import Callable
+from contextlib import nullcontext
 from importlib import import_module
 from typing import Any
+
+from .progress import Steps, note
 
 __all__ = ["BENCHMARKS", "print_bench", "run_benchmarks", "simulated_rate"]
 
@@ -47,7 +49,8 @@ def simulated_rate(phase: int, *, backend: str = "asyncio", memory: str = "off",
 
     best = 0.0
     attempted = 0
-    for _ in range(repeats):
+    for repeat in range(repeats):
+        note(f"phase {phase} on {backend}, memory {memory}, run {repeat + 1}/{repeats}")
         config = RunConfig(scenario=scenario, phase=phase, seed=1, scale=scale, backend=backend, memory=memory)
         started = time.perf_counter()
         result = run_config(config)
@@ -87,23 +90,28 @@ def bench_backends(quick: bool) -> list[Row]:
 
 def run_benchmarks(*, quick: bool = False, progress: bool = False,
                    only: list[str] | None = None) -> dict[str, Any]:
-    """Run every available benchmark (or those named in ``only``) and return the report."""
+    """Run every available benchmark (or those named in ``only``) and return the report.
+
+    With ``progress``, each benchmark is a step shown on stderr (:class:`~payflow_lab.progress.Steps`).
+    """
     results: dict[str, list[Row]] = {}
     skipped: dict[str, str] = {}
+    functions: dict[str, Callable[[bool], list[Row]]] = {}
     for name, target in BENCHMARKS.items():
         if only is not None and name not in only:
             continue
         module_name, _, function_name = target.partition(":")
         try:
-            function: Callable[[bool], list[Row]] = getattr(import_module(module_name), function_name)
+            functions[name] = getattr(import_module(module_name), function_name)
         except ModuleNotFoundError as exc:
             if not module_name.startswith(exc.name or "\0"):
                 raise
             skipped[name] = f"{module_name} is not built yet"
-            continue
-        if progress:
-            print(f"bench: {name} ...", file=sys.stderr, flush=True)
-        results[name] = function(quick)
+    steps = Steps("payflow-lab bench", total=len(functions)) if progress else None
+    with steps if steps is not None else nullcontext():
+        for name, function in functions.items():
+            with steps.step(name) if steps is not None else nullcontext():
+                results[name] = function(quick)
     return {
         "machine": {"python": platform.python_version(), "implementation": platform.python_implementation(),
                     "platform": platform.platform(), "cpus": os.cpu_count()},

@@ -32,6 +32,7 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
+from .progress import Steps
 from .report import format_bytes, format_ms, timeline_table
 from .runner import DEFAULT_SCALE, DEFAULT_SEED, RunConfig, RunResult, run_config
 
@@ -50,17 +51,21 @@ RATIO_TARGET = 50.0
 RATIO_ROW = "normal-day latency ratio (phase 1 / last phase)"
 
 
-def _runs(phases: list[int], seed: int, scale: float, err: Console) -> dict[int, dict[str, RunResult]]:
+def _scenarios(phase: int) -> tuple[str, ...]:
+    return ("normal", "blackfriday", "recovery") if phase == 5 else ("normal", "blackfriday")
+
+
+def _runs(phases: list[int], seed: int, scale: float, steps: Steps) -> dict[int, dict[str, RunResult]]:
+    """Every run of the narration, one progress step each (stderr: see :mod:`.progress`)."""
     results: dict[int, dict[str, RunResult]] = {}
     for phase in phases:
         results[phase] = {}
-        scenarios = ("normal", "blackfriday", "recovery") if phase == 5 else ("normal", "blackfriday")
-        for scenario in scenarios:
-            err.print(f"[dim]running phase {phase}, {scenario} ...[/]")
+        for scenario in _scenarios(phase):
             # Memory is only compared under load; tracing every allocation triples a run's cost.
             memory = "tracemalloc" if scenario == "blackfriday" else "off"
-            results[phase][scenario] = run_config(RunConfig(scenario=scenario, phase=phase, seed=seed, scale=scale,
-                                                            memory=memory))
+            with steps.step(f"phase {phase}, {scenario}") as on_tick:
+                results[phase][scenario] = run_config(
+                    RunConfig(scenario=scenario, phase=phase, seed=seed, scale=scale, memory=memory), on_tick=on_tick)
     return results
 
 
@@ -157,8 +162,8 @@ def narrate(*, seed: int = DEFAULT_SEED, scale: float = DEFAULT_SCALE, as_json: 
 
     RunConfig(seed=seed, scale=scale)  # validate before anything runs
     phases = available_phases()
-    err = Console(stderr=True)
-    results = _runs(phases, seed, scale, err)
+    with Steps("payflow-lab", total=sum(len(_scenarios(phase)) for phase in phases)) as steps:
+        results = _runs(phases, seed, scale, steps)
     phases = sorted(results)
     table_rows = key_metrics(results)
     ratio = latency_ratio(results)
