@@ -14,16 +14,41 @@ must not be committed:
   they become a one-line note saying the widget appears when the cell runs;
 * per-cell execution timestamps.
 
+Then it makes the rebuild *reviewable*: building a lesson twice gives the same
+bytes, and a diff shows what changed, not what merely varies between runs.
+
+* The numbers of plotly figures are rounded (:func:`round_figure`: five
+  significant digits, never fewer than three decimals, so millisecond
+  timestamps stay exact) and trace ``uid``s, random per run, are dropped.
+* A cell's new outputs that differ from the stored ones only by what varies
+  between runs are replaced by the stored ones (:func:`stabilize`). What
+  varies: wall-clock figures (the patterns of ``lessons/sanitize.cfg`` that
+  nbval ignores too), and memory, which tracemalloc measures a little
+  differently each run: a memory figure in text may move by 2% or one unit
+  of its last digit, a figure's numbers by :data:`FIGURE_TOLERANCE` of their
+  trace's largest value (invisible at the figure's size). Any other
+  difference, and every deterministic number, counts: the new output is kept.
+* Every plotly figure gets a static PNG beside its JSON (:func:`add_static_images`),
+  drawn here with kaleido and Debian's Chromium (``$PAYFLOW_CHROMIUM`` or
+  ``/usr/bin/chromium``; never a downloaded browser), so GitHub's preview and
+  nbviewer, which cannot run plotly, show the plot. JupyterLab still shows the
+  interactive figure; nbval ignores images.
+
 The result must pass :func:`problems`: no error outputs, execution counts
 1, 2, 3, ... in order, no widget state, no machine paths, at least
-:data:`MIN_CHECKED` cells marked ``# NBVAL_CHECK_OUTPUT``. A notebook that
-fails is not written.
+:data:`MIN_CHECKED` cells marked ``# NBVAL_CHECK_OUTPUT``, plotly figures
+rounded and with their static image. A notebook that fails is not written.
 """
 
 from __future__ import annotations
 
 import argparse
+import base64
+import configparser
+import copy
 import json
+import math
+import os
 import re
 import sys
 import time
@@ -38,6 +63,20 @@ MIN_CHECKED = 3
 CELL_TIMEOUT = 120
 WIDGET_VIEW = "application/vnd.jupyter.widget-view+json"
 WIDGET_NOTE = "A live widget appears here when the cell runs."
+PLOTLY = "application/vnd.plotly.v1+json"
+STATIC = "image/png"
+#: Significant digits kept in a figure's numbers (and never fewer than :data:`FIGURE_DECIMALS` decimals).
+FIGURE_DIGITS = 5
+FIGURE_DECIMALS = 3
+#: A redrawn figure is the stored one if each number moved by at most this share of its trace's largest value.
+FIGURE_TOLERANCE = 0.002
+#: A memory figure in text is the stored one if it moved by at most this share (or one unit of its last digit).
+MEMORY_TOLERANCE = 0.02
+#: Sanitizers of lessons/sanitize.cfg that hide wall-clock figures, which vary with every run.
+WALL_CLOCK_SANITIZERS = ("wall_times",)
+MEMORY_FIGURE = re.compile(r"(-?\d[\d,]*(?:\.\d+)?)( ?(?:B|KiB|MiB|GiB|bytes)\b)")
+#: Width of the static images, in CSS pixels (their height is the figure's own, 450 if it has none).
+STATIC_WIDTH = 900
 #: Paths that betray the machine a notebook was built on.
 MACHINE_PATHS = re.compile(r"(/home/[^/\s]+|/root/|/Users/[^/\s]+|C:\\\\Users|/tmp/[^\s]+|/work/[^\s]+)")
 
@@ -55,7 +94,9 @@ def _text_of(output: dict[str, Any]) -> str:
     parts: list[str] = []
     if "text" in output:
         parts.append("".join(output["text"]) if isinstance(output["text"], list) else output["text"])
-    for value in output.get("data", {}).values():
+    for kind, value in output.get("data", {}).items():
+        if kind.startswith("image/"):
+            continue  # base64: any "/tmp/" in it would be chance, not a path
         parts.append(json.dumps(value) if not isinstance(value, str) else value)
     return "\n".join(parts)
 
@@ -88,6 +129,12 @@ def problems(nb: dict[str, Any]) -> list[str]:
                 found.append(f"cell {number}: output on stderr: {_text_of(output)[:120]!r}")
             if WIDGET_VIEW in output.get("data", {}):
                 found.append(f"cell {number}: a widget view (model id) in its outputs")
+            figure = output.get("data", {}).get(PLOTLY)
+            if figure is not None:
+                if STATIC not in output["data"]:
+                    found.append(f"cell {number}: a plotly figure without its static image ({STATIC}; make lessons)")
+                if round_figure(copy.deepcopy(figure)) != figure:
+                    found.append(f"cell {number}: a plotly figure whose numbers are not rounded (make lessons)")
             match = MACHINE_PATHS.search(_text_of(output))
             if match:
                 found.append(f"cell {number}: a machine path in its output: {match.group(0)!r}")
@@ -111,6 +158,181 @@ def clean(nb: Any) -> Any:
     return nb
 
 
+# ------------------------------------------------------------------------ reviewable rebuilds
+def _round_number(value: float) -> float:
+    if not math.isfinite(value) or value == 0 or value.is_integer():
+        return value
+    exponent = math.floor(math.log10(abs(value)))
+    return round(value, max(FIGURE_DECIMALS, FIGURE_DIGITS - 1 - exponent))
+
+
+def _round_all(value: Any) -> Any:
+    if isinstance(value, float):
+        return _round_number(value)
+    if isinstance(value, list):
+        return [_round_all(item) for item in value]
+    if isinstance(value, dict):
+        return {key: _round_all(item) for key, item in value.items()}
+    return value
+
+
+def round_figure(figure: dict[str, Any]) -> dict[str, Any]:
+    """A plotly figure's JSON with its traces' numbers rounded and their random ``uid`` dropped (in place)."""
+    traces = figure.get("data")
+    if isinstance(traces, list):
+        for index, trace in enumerate(traces):
+            if isinstance(trace, dict):
+                trace.pop("uid", None)
+                traces[index] = _round_all(trace)
+    return figure
+
+
+def _text(value: Any) -> str:
+    return "".join(value) if isinstance(value, list) else str(value)
+
+
+def wall_clock_patterns(config: Path = LESSONS / "sanitize.cfg") -> list[tuple[re.Pattern[str], str]]:
+    """The wall-clock sanitizers of nbval's ``sanitize.cfg``: the same figures vary between builds."""
+    parser = configparser.ConfigParser()
+    parser.read(config, encoding="utf-8")
+    return [(re.compile(parser[name]["regex"]), parser[name]["replace"]) for name in WALL_CLOCK_SANITIZERS
+            if name in parser]
+
+
+def _memory_close(a: str, b: str) -> bool:
+    """Two printed memory figures ("44.3", "44.4") within :data:`MEMORY_TOLERANCE` or one unit of the last digit."""
+    x, y = float(a.replace(",", "")), float(b.replace(",", ""))
+    decimals = max(len(a.partition(".")[2]), len(b.partition(".")[2]))
+    return abs(x - y) <= max(MEMORY_TOLERANCE * max(abs(x), abs(y)), 10.0 ** -decimals * 1.0001)
+
+
+def texts_equivalent(new: str, old: str, patterns: list[tuple[re.Pattern[str], str]]) -> bool:
+    """Equal but for wall-clock figures and memory figures within their noise."""
+    for pattern, replacement in patterns:
+        new, old = pattern.sub(replacement, new), pattern.sub(replacement, old)
+    new_parts, old_parts = MEMORY_FIGURE.split(new), MEMORY_FIGURE.split(old)
+    if len(new_parts) != len(old_parts):
+        return False
+    for index, (a, b) in enumerate(zip(new_parts, old_parts, strict=True)):
+        if index % 3 == 1:  # a memory figure's number
+            if not _memory_close(a, b):
+                return False
+        elif a != b:
+            return False
+    return True
+
+
+def _arrays_close(new: Any, old: Any) -> bool:
+    """Same shape and strings; numbers within :data:`FIGURE_TOLERANCE` of the array's largest magnitude."""
+    if isinstance(new, dict) and isinstance(old, dict):
+        return new.keys() == old.keys() and all(_arrays_close(new[k], old[k]) for k in new)
+    if isinstance(new, list) and isinstance(old, list):
+        if len(new) != len(old):
+            return False
+        numbers = [v for v in (*new, *old) if isinstance(v, (int, float)) and not isinstance(v, bool)]
+        if numbers and len(numbers) == sum(v is not None for v in (*new, *old)):
+            scale = max((abs(v) for v in numbers if math.isfinite(v)), default=0.0)
+            return all((a is None) == (b is None) and (a is None or a == b or
+                                                       abs(a - b) <= FIGURE_TOLERANCE * scale)
+                       for a, b in zip(new, old, strict=True))
+        return all(_arrays_close(a, b) for a, b in zip(new, old, strict=True))
+    if isinstance(new, (int, float)) and isinstance(old, (int, float)) and not isinstance(new, bool):
+        return new == old or abs(new - old) <= FIGURE_TOLERANCE * max(abs(new), abs(old))
+    return new == old
+
+
+def outputs_equivalent(new: list[dict[str, Any]], old: list[dict[str, Any]],
+                       patterns: list[tuple[re.Pattern[str], str]]) -> bool:
+    """Whether a cell's fresh outputs say what its stored outputs say (see the module's docstring)."""
+    if len(new) != len(old):
+        return False
+    for a, b in zip(new, old, strict=True):
+        if a.get("output_type") != b.get("output_type") or a.get("name") != b.get("name"):
+            return False
+        if "text" in a or "text" in b:
+            if not texts_equivalent(_text(a.get("text", "")), _text(b.get("text", "")), patterns):
+                return False
+        data_a = {k: v for k, v in a.get("data", {}).items() if k != STATIC}
+        data_b = {k: v for k, v in b.get("data", {}).items() if k != STATIC}
+        if data_a.keys() != data_b.keys():
+            return False
+        for kind, value in data_a.items():
+            if kind == PLOTLY:
+                if not _arrays_close(value, data_b[kind]):
+                    return False
+            elif isinstance(value, (str, list)):
+                if not texts_equivalent(_text(value), _text(data_b[kind]), patterns):
+                    return False
+            elif value != data_b[kind]:
+                return False
+        if a.get("execution_count") != b.get("execution_count"):
+            return False
+    return True
+
+
+def normalize(nb: Any) -> Any:
+    """Round every plotly figure of ``nb`` (in place; idempotent)."""
+    for cell in nb.cells if hasattr(nb, "cells") else nb["cells"]:
+        for output in cell.get("outputs", []):
+            figure = output.get("data", {}).get(PLOTLY)
+            if figure is not None:
+                round_figure(figure)
+    return nb
+
+
+def stabilize(nb: Any, stored: Any, patterns: list[tuple[re.Pattern[str], str]] | None = None) -> int:
+    """Keep ``stored``'s outputs for each code cell (matched by id) whose new outputs are equivalent.
+
+    Both notebooks are normalized first. Returns how many cells kept their stored outputs.
+    """
+    patterns = wall_clock_patterns() if patterns is None else patterns
+    normalize(stored)
+    normalize(nb)
+    previous = {cell.get("id"): cell for cell in stored["cells"] if cell.get("cell_type") == "code" and cell.get("id")}
+    kept = 0
+    for cell in nb["cells"]:
+        old = previous.get(cell.get("id")) if cell.get("cell_type") == "code" else None
+        if old is not None and outputs_equivalent(cell["outputs"], old.get("outputs", []), patterns):
+            cell["outputs"] = copy.deepcopy(old["outputs"])
+            kept += 1
+    return kept
+
+
+def chromium() -> str:
+    """The Chromium kaleido drives: ``$PAYFLOW_CHROMIUM``, ``$BROWSER_PATH`` or Debian's; never a download."""
+    for candidate in (os.environ.get("PAYFLOW_CHROMIUM"), os.environ.get("BROWSER_PATH"), "/usr/bin/chromium"):
+        if candidate and os.access(candidate, os.X_OK):
+            return candidate
+    raise SystemExit("the static images of the lessons' figures are drawn by Chromium, and none was found: "
+                     "install Debian's chromium (make chromium, as root) or set PAYFLOW_CHROMIUM")
+
+
+def render_png(figures: list[dict[str, Any]]) -> list[bytes]:
+    """PNG images of plotly figures (JSON), drawn by kaleido in one Chromium, with no network access."""
+    if not figures:
+        return []
+    import kaleido
+
+    os.environ["BROWSER_PATH"] = chromium()  # choreographer's way of being told which browser to drive
+    kaleido.start_sync_server(mathjax=False, silence_warnings=True)  # no MathJax: it would come from a CDN
+    try:
+        return [kaleido.calc_fig_sync(figure, opts={"format": "png", "width": STATIC_WIDTH, "scale": 1,
+                                                    "height": figure.get("layout", {}).get("height", 450)})
+                for figure in figures]
+    finally:
+        kaleido.stop_sync_server(silence_warnings=True)
+
+
+def add_static_images(nb: Any) -> int:
+    """Give every plotly output that has none a PNG of the figure beside its JSON; return how many were drawn."""
+    missing = [output for cell in nb["cells"] for output in cell.get("outputs", [])
+               if PLOTLY in output.get("data", {}) and STATIC not in output["data"]]
+    images = render_png([output["data"][PLOTLY] for output in missing])
+    for output, image in zip(missing, images, strict=True):
+        output["data"][STATIC] = base64.b64encode(image).decode("ascii")
+    return len(missing)
+
+
 def _kernel_manager() -> Any:
     """A kernel of the interpreter running this script, whatever kernelspecs the machine has."""
     from jupyter_client import KernelManager
@@ -130,6 +352,7 @@ def build(path: Path) -> float:
     from nbclient import NotebookClient
 
     nb = nbformat.read(path, as_version=4)
+    stored = copy.deepcopy(nb)
     kernelspec = dict(nb.metadata.get("kernelspec", {}))
     for cell in nb.cells:
         if cell.cell_type == "code":
@@ -141,6 +364,8 @@ def build(path: Path) -> float:
     client.execute()
     seconds = time.perf_counter() - started
     clean(nb)
+    stabilize(nb, stored)
+    add_static_images(nb)
     nb.metadata["kernelspec"] = kernelspec or {"display_name": "Python 3 (ipykernel)", "language": "python",
                                                "name": "python3"}
     trouble = problems(nb)
