@@ -140,6 +140,9 @@ def test_a_real_change_in_a_figure_is_not_hidden() -> None:
     ("mean latency 13.6 s", "mean latency 13.5 s", False),   # simulated time is deterministic: a change
     ("1,813 simulated seconds in 0.86 real seconds\n", "1,812 simulated seconds in 0.89 real seconds\n", False),
     ("stuck: $2,000,000", "stuck: $2,000,001", False),
+    ("Black Friday: 28.0 MiB (85 times as much)", "Black Friday: 28.3 MiB (86 times as much)", True),
+    ("Black Friday: 28.0 MiB (85 times as much)", "Black Friday: 28.3 MiB (95 times as much)", False),
+    ("Black Friday: 28.0 MiB\n1,812 payments", "Black Friday: 28.3 MiB\n1,813 payments", False),
 ])
 def test_what_counts_as_noise_in_text(new: str, old: str, same: bool) -> None:
     assert build.texts_equivalent(new, old, build.wall_clock_patterns()) is same
@@ -219,3 +222,48 @@ def test_the_static_image_is_drawn_offline_by_debians_chromium() -> None:
     first, again = build.render_png([figure, copy.deepcopy(figure)])
     assert first.startswith(b"\x89PNG") and struct.unpack(">II", first[16:24]) == (build.STATIC_WIDTH, 300)
     assert first == again  # same figure, same pixels
+
+
+def test_split_streams_are_merged_as_jupyterlab_shows_them() -> None:
+    outputs = [{"output_type": "stream", "name": "stdout", "text": "a\n"},
+               {"output_type": "stream", "name": "stdout", "text": ["b\n", "c\n"]},
+               {"output_type": "stream", "name": "stderr", "text": "careful\n"},
+               {"output_type": "stream", "name": "stdout", "text": "d\n"}]
+    merged = build.coalesce_streams(copy.deepcopy(outputs))
+    assert [(o["name"], o["text"]) for o in merged] == [("stdout", "a\nb\nc\n"), ("stderr", "careful\n"),
+                                                        ("stdout", "d\n")]
+
+
+def _cell(text: str, tags: list[str] | None = None) -> Any:
+    cell = nbformat.v4.new_code_cell("print(deliver_for_real())", id="c1", execution_count=1,
+                                     outputs=[nbformat.v4.new_output("stream", name="stdout", text=text)])
+    if tags:
+        cell.metadata["tags"] = tags
+    return cell
+
+
+@pytest.mark.parametrize(("tags", "new_text", "kept"), [
+    (["nbval-ignore-output"], "55 payments authorized in 3.1 s; port 49801\n", True),
+    (["nbval-ignore-output"], "55 payments refused\n", False),      # words changed: a change
+    (None, "55 payments authorized in 3.1 s; port 49801\n", False),  # not declared varying: numbers count
+])
+def test_cells_declared_varying_keep_their_output_while_only_numbers_change(tags: list[str] | None, new_text: str,
+                                                                            kept: bool) -> None:
+    stored = nbformat.v4.new_notebook(cells=[_cell("52 payments authorized in 3.2 s; port 49797\n", tags)])
+    fresh = nbformat.v4.new_notebook(cells=[_cell(new_text, tags)])
+    assert build.stabilize(fresh, stored) == int(kept)
+    assert (fresh.cells[0].outputs[0]["text"] == stored.cells[0].outputs[0]["text"]) is kept
+
+
+def test_recompressed_pngs_hold_the_same_pixels() -> None:
+    import zlib
+
+    nb = committed("01_synchronous.ipynb")
+    png = base64.b64decode(figures(nb)[0]["data"][build.STATIC])
+    again = build.recompress_png(png)
+
+    def pixels(image: bytes) -> bytes:
+        return zlib.decompress(b"".join(data for kind, data in build._png_chunks(image) if kind == b"IDAT"))
+
+    assert pixels(again) == pixels(png) and len(again) <= len(png)
+    assert [kind for kind, _ in build._png_chunks(again)][0] == b"IHDR"
