@@ -87,7 +87,7 @@ def test_replay_requeue_puts_the_same_events_back_in_the_outbox(capsys: pytest.C
     (["replay"], "--db"),
     (["realtime", "--rate", "0", "--db", ":memory:"], "rate: must be between"),
     (["realtime", "--endpoints", "{missing}"], "endpoints: cannot read"),
-    (["realtime", "--fail-window", "0.6", "0.2", "--db", ":memory:"], "fail_window: must start before it ends"),
+    (["realtime", "--fail-window", "0.6", "0.2", "--db", ":memory:"], "--fail-window: must start before it ends"),
 ])
 def test_bad_input_is_one_clear_line_and_status_2(capsys: pytest.CaptureFixture[str], tmp_path: Path,
                                                    argv: list[str], message: str) -> None:
