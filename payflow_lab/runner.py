@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import json
 import math
-import queue
 import threading
 import time
 from collections.abc import Callable, Mapping
@@ -36,6 +35,7 @@ import anyio.abc
 
 from .db import PoolTimeout
 from .domain import Payment, ValidationError
+from .controls import CHECKPOINT_S, Controls
 from .faults import FaultPlan
 from .metrics import MemoryProbe, Recorder, hhmmss
 from .phases import Pipeline, get_phase
@@ -133,6 +133,9 @@ class RunResult:
     summary: dict[str, Any]
     series: dict[str, list[Any]]
     registry: Any = field(default=None, repr=False, compare=False)
+    #: Every completed payment's latency in seconds, in the order they completed (row ``i`` of the
+    #: series completed ``series["completed"][i]`` of them): what rolling percentiles are drawn from.
+    latencies: Any = field(default=None, repr=False, compare=False)
 
     def __getitem__(self, key: str) -> Any:
         return self.summary[key]
@@ -142,91 +145,6 @@ class RunResult:
         if series:
             data["series"] = self.series
         return json.dumps(data, indent=indent)
-
-
-class Controls:
-    """Thread-safe handles on a live run: faults, pace, pause, stop.
-
-    Methods are called from the notebook's thread; the simulation reads them
-    at each simulated second. Fault changes are validated here, at once, so a
-    bad value is reported to the caller and never reaches the run.
-    """
-
-    def __init__(self, pace: float | None = None) -> None:
-        self._changes: queue.SimpleQueue[dict[str, Any]] = queue.SimpleQueue()
-        self._running = threading.Event()
-        self._running.set()
-        self._lock = threading.Lock()
-        self.stop_requested = False
-        self._pace = self._check_pace(pace)
-        self._anchor: tuple[float, float] | None = None
-
-    @staticmethod
-    def _check_pace(pace: float | None) -> float | None:
-        if pace is None:
-            return None
-        if isinstance(pace, bool) or not isinstance(pace, (int, float)) or not math.isfinite(pace) or not 0.1 <= pace <= 10_000:
-            raise ValidationError("pace", f"must be between 0.1 and 10000 simulated seconds per second, got {pace!r}")
-        return float(pace)
-
-    @property
-    def pace(self) -> float | None:
-        return self._pace
-
-    def set_pace(self, pace: float | None) -> None:
-        checked = self._check_pace(pace)
-        with self._lock:
-            self._pace = checked
-            self._anchor = None
-
-    def set_faults(self, **changes: Any) -> None:
-        """Queue fault changes (validated now) for the next simulated second."""
-        FaultPlan().apply(changes)
-        self._changes.put(dict(changes))
-
-    def pending_changes(self) -> list[dict[str, Any]]:
-        out = []
-        while True:
-            try:
-                out.append(self._changes.get_nowait())
-            except queue.Empty:
-                return out
-
-    def pause(self) -> None:
-        self._running.clear()
-
-    def resume(self) -> None:
-        with self._lock:
-            self._anchor = None
-        self._running.set()
-
-    @property
-    def paused(self) -> bool:
-        return not self._running.is_set()
-
-    def stop(self) -> None:
-        self.stop_requested = True
-        self._running.set()
-
-    def wait_at_tick(self, sim_elapsed: float) -> None:
-        """Block the simulation's thread while paused, and long enough to keep the pace."""
-        if not self._running.is_set():
-            while not self._running.wait(0.05):
-                pass
-        with self._lock:
-            pace = self._pace
-            if pace is None or self.stop_requested:
-                return
-            if self._anchor is None:
-                self._anchor = (time.perf_counter(), sim_elapsed)
-                return
-            wall0, sim0 = self._anchor
-        delay = wall0 + (sim_elapsed - sim0) / pace - time.perf_counter()
-        if delay > 0:
-            time.sleep(min(delay, 1.0))
-        elif delay < -1.0:
-            with self._lock:  # fell behind (slow machine): don't sprint to catch up
-                self._anchor = (time.perf_counter(), sim_elapsed)
 
 
 def _only_error(group: BaseExceptionGroup) -> BaseException | None:
@@ -315,6 +233,8 @@ class Simulation:
             end = scenario.start + config.sim_duration
             async with anyio.create_task_group() as background:
                 background.start_soon(self._ticker)
+                if self.controls is not None:
+                    background.start_soon(self._pacer, self.controls)
                 async with pipeline:
                     async with anyio.create_task_group() as requests:
                         self._requests = requests
@@ -396,10 +316,16 @@ class Simulation:
             recorder.sample(world.pool.in_use, world.pool.waiting)
             if self.on_tick is not None:
                 self.on_tick(self)
-            if self.controls is not None:
-                self.controls.wait_at_tick(anyio.current_time() - self._t0)
             next_tick += 1.0
             await anyio.sleep(max(0.0, next_tick - anyio.current_time()))
+
+    async def _pacer(self, controls: Controls) -> None:
+        """A live run's checkpoints, several per simulated second: pause, pace and stop answer promptly."""
+        while True:
+            controls.checkpoint(anyio.current_time() - self._t0)
+            if controls.stop_requested and self._traffic_scope is not None:
+                self._traffic_scope.cancel()
+            await anyio.sleep(CHECKPOINT_S)
 
     def _observe(self, now: float) -> None:
         """Notice what emerged: payments backing up, throughput falling to zero."""
@@ -468,7 +394,8 @@ class Simulation:
         }
         summary.update(pipeline.summary())
         series = {name: list(values) for name, values in recorder.series.items()}
-        return RunResult(summary=summary, series=series, registry=getattr(pipeline, "registry", None))
+        return RunResult(summary=summary, series=series, registry=getattr(pipeline, "registry", None),
+                         latencies=recorder.latencies)
 
 
 # ------------------------------------------------------------------ entry points
@@ -592,6 +519,17 @@ class LiveRun:
     def series(self) -> dict[str, list[Any]]:
         recorder = self.simulation.recorder
         return recorder.series if recorder is not None else {}
+
+    @property
+    def latencies(self) -> Any:
+        """The completed payments' latencies so far (seconds, in completion order; see :class:`RunResult`)."""
+        recorder = self.simulation.recorder
+        return recorder.latencies if recorder is not None else ()
+
+    @property
+    def pace_ratio(self) -> float | None:
+        """Pace achieved over pace asked, lately (``None`` until measured or when unpaced)."""
+        return self.controls.pace_ratio
 
     @property
     def state(self) -> str:

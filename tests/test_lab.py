@@ -23,10 +23,11 @@ import payflow_lab as pf
 from payflow_lab.domain import ValidationError
 from payflow_lab.faults import LIMITS
 from payflow_lab.lab import ControlPanel, Dashboard, LiveSession, close_all, live_threads, run_figure
-from payflow_lab.lab.dashboard import RECENT_ROWS
+from payflow_lab.lab.dashboard import MAX_UPDATES_PER_S, RECENT_ROWS
 from payflow_lab.lab.env import Check, _package, check_environment, environment_html, environment_ok
 from payflow_lab.lab.panel import BUTTON_STATES, PACE_LIMITS
-from payflow_lab.lab.plots import display_value, expand_columns, latency_figure, story_ms, thin
+from payflow_lab.lab.plots import (MAX_POINTS, PALETTE, RollingPercentiles, describe_figure, display_value,
+                                   expand_columns, latency_figure, rolling_latency, story_x, thin)
 
 ROOT = Path(__file__).resolve().parents[1]
 FAST = {"pace": 1000.0, "memory": "off"}
@@ -231,6 +232,56 @@ class TestControlPanel:
         assert "payflow-webhook-error-rate" in panel.sliders["webhook_error_rate"]._dom_classes
 
 
+# ================================================================== plots
+class TestReadablePlots:
+    def test_rolling_percentiles_are_exact_over_the_window(self):
+        roll = RollingPercentiles(rows=3)
+        assert roll.add([]) == (None, None)
+        roll.add([0.1, 0.3])
+        roll.add([0.2])
+        p50, _ = roll.add([0.5, 0.4])
+        assert p50 == 300.0  # the median of 0.1..0.5
+        p50, p99 = roll.add([])  # the first second (0.1, 0.3) leaves the window
+        assert p50 == pytest.approx(400.0) and p99 == pytest.approx(500.0, rel=0.02)
+        with pytest.raises(ValidationError, match="rows"):
+            RollingPercentiles(rows=0)
+
+    def test_story_time_is_a_date_string_plotly_cannot_misread(self):
+        assert story_x(14 * 3600 + 15 * 60) == "2026-11-27 14:15:00"
+        assert story_x(86_400 + 30) == "2026-11-28 00:00:30"
+
+    def test_colour_blind_palette_and_line_styles_tell_p50_from_p99(self):
+        result = pf.run("normal", 1, duration=300, memory="off")
+        fig = run_figure(result)
+        traces = {t.meta: t for t in fig.data}
+        assert traces["p50_ms"].line.dash == "solid" and traces["p99_ms"].line.dash == "dash"
+        assert traces["p50_ms"].line.color in PALETTE and traces["p99_ms"].line.color in PALETTE
+        assert traces["p50_ms"].line.color != traces["p99_ms"].line.color
+        assert list(fig.layout.colorway) == list(PALETTE)
+        assert fig.layout.xaxis.type == "date" and fig.layout.xaxis.tickformat == "%H:%M"
+        assert traces["p50_ms"].x[0].startswith("2026-11-27 ")
+
+    def test_events_have_labels_and_a_line_style_per_kind(self):
+        result = pf.run("blackfriday", 1, duration=1200, memory="off")
+        fig = run_figure(result)
+        events = result.summary["events"]
+        labels = [a for a in fig.layout.annotations if a.hovertext]
+        assert len(labels) == len(events) and all(a.text for a in labels)
+        kinds = {e["kind"] for e in events}
+        legend = {t.meta for t in fig.data if str(t.meta).startswith("event:")}
+        assert legend == {f"event:{k}" for k in kinds}
+        dashes = {s.line.dash for s in fig.layout.shapes}
+        assert len(dashes) == len(kinds)
+
+    def test_every_figure_says_what_it_shows_in_one_line(self):
+        result = pf.run("blackfriday", 1, duration=1200, memory="off")
+        text = describe_figure(result)
+        assert text.count(".") >= 1 and "\n" not in text
+        assert "p99 peaks at" in text and "memory not measured" in text and "rolling 60 s" in text
+        assert run_figure(result).layout.title.subtitle.text == text
+        assert latency_figure(result).layout.title.subtitle.text == text
+
+
 # ================================================================== dashboard
 class TestDashboard:
     def test_update_reads_only_new_rows_and_sends_nothing_without_them(self):
@@ -241,8 +292,75 @@ class TestDashboard:
         assert dash.update(series) == 0
         assert dash.updates_sent == sent
         grow(series, fake_series(5, start=50_430.0))
-        assert dash.update(series) == 5
+        assert dash.update(series, force=True) == 5
         assert dash.rows_seen == 35 and dash.updates_sent == sent + 1
+
+    def test_updates_are_coalesced_to_a_few_per_real_second(self):
+        now = [0.0]
+        dash = Dashboard(clock=lambda: now[0])
+        series = fake_series(0)
+        for step in range(40):  # a poller at 20 Hz for two real seconds, one new row each time
+            grow(series, fake_series(1, start=50_400.0 + step))
+            dash.update(series)
+            now[0] += 0.05
+        assert dash.rows_seen == 40
+        assert 2 <= dash.updates_sent <= 2 * MAX_UPDATES_PER_S + 1
+        x, _ = dash.window("p50_ms")
+        assert dash.figure.data[0].x[-1] != x[-1]  # the newest rows wait for the next update...
+        now[0] += 1.0
+        dash.update(series)  # ...which sends them without any new row
+        assert dash.figure.data[0].x[-1] == x[-1]
+
+    def test_a_slow_send_spaces_the_next_ones_out(self):
+        now = [0.0]
+
+        def clock() -> float:
+            now[0] += 0.25  # every reading of the clock: a quarter of a second gone (a slow browser link)
+            return now[0]
+
+        dash = Dashboard(clock=clock)
+        series = fake_series(1)
+        dash.update(series)
+        grow(series, fake_series(1, start=50_401.0))
+        sent = dash.updates_sent
+        dash.update(series)  # due only SEND_SHARE-inverse times the cost later: not yet
+        assert dash.updates_sent == sent
+
+    def test_latency_is_a_rolling_percentile_when_the_latencies_are_given(self):
+        series = fake_series(200, completed=[3 if i % 4 else 0 for i in range(200)])
+        latencies = [0.1 + 0.001 * k for k in range(sum(series["completed"]))]
+        dash = Dashboard(window_minutes=4)
+        dash.update(series, latencies, force=True)
+        p50, p99 = rolling_latency(series["completed"], latencies)
+        _, drawn = dash.window("p50_ms")
+        assert drawn == [display_value("p50_ms", v) for v in p50]
+        assert drawn[0] is None and None not in drawn[1:]  # quiet seconds (every fourth) do not break the line
+        _, drawn99 = dash.window("p99_ms")
+        assert drawn99 == [display_value("p99_ms", v) for v in p99]
+
+    def test_finish_draws_the_whole_run_not_only_the_window(self):
+        dash = Dashboard(window_minutes=1)
+        series = fake_series(3000)
+        dash.update(series)
+        dash.finish(series)
+        trace = dash.figure.data[0]
+        assert dash.finished and len(trace.x) == MAX_POINTS + 1
+        assert trace.x[0] == story_x(series["clock"][0]) and trace.x[-1] == story_x(series["clock"][-1])
+
+    def test_memory_off_says_so_instead_of_a_flat_zero(self):
+        dash = Dashboard(memory=False)
+        dash.update(fake_series(10, memory_bytes=[0] * 10), force=True)
+        assert "memory_bytes" not in dash.columns
+        assert any("memory not measured" in a.text for a in dash.figure.layout.annotations)
+        assert "not measured" in dash.readout.value
+
+    def test_pace_readout_appears_only_when_measured_and_says_when_behind(self):
+        dash = Dashboard()
+        dash.update(fake_series(5), force=True)
+        assert 'data-metric="pace_ratio"' not in dash.readout.value
+        dash.set_pace_ratio(0.42)
+        dash.update(fake_series(6), force=True)
+        assert "0.4x of the pace asked" in dash.readout.value
 
     def test_window_is_bounded_whatever_the_length_of_the_run(self):
         dash = Dashboard(window_minutes=1)
@@ -251,7 +369,7 @@ class TestDashboard:
         for trace in dash.figure.data:
             assert len(trace.x) == len(trace.y) == dash.window_rows == 61
         x, y = dash.window("p50_ms")
-        assert x[-1] == story_ms(series["clock"][-1]) and x[0] == story_ms(series["clock"][-61])
+        assert x[-1] == story_x(series["clock"][-1]) and x[0] == story_x(series["clock"][-61])
         assert y[-1] == display_value("p50_ms", series["p50_ms"][-1])
 
     def test_chunked_updates_draw_the_same_window_as_one_update(self):
@@ -263,7 +381,7 @@ class TestDashboard:
         for start in range(0, 400, 37):
             stop = min(400, start + 37)
             grow(series, {k: v[start:stop] for k, v in whole.items()})
-            chunked.update(series)
+            chunked.update(series, force=True)
         for a, b in zip(one.figure.data, chunked.figure.data):
             assert a.meta == b.meta and a.x == b.x and a.y == b.y
 
@@ -284,7 +402,7 @@ class TestDashboard:
         # a phase adds its gauges once it has started: back-filled with None, then sampled
         more = fake_series(5, start=50_420.0, queue_webhook=[3] * 5, queue_analytics=[1] * 5)
         grow(series, more)
-        dash.update(series)
+        dash.update(series, force=True)
         assert dash.columns[-2:] == ["queue_analytics", "queue_webhook"]
         x, y = dash.window("queue_webhook")
         assert len(x) == len(y) == 25 and y[:20] == [None] * 20 and y[20:] == [3.0] * 5
@@ -316,7 +434,7 @@ class TestDashboard:
     def test_a_shorter_series_starts_over(self):
         dash = Dashboard()
         dash.update(fake_series(50))
-        dash.update(fake_series(10))
+        dash.update(fake_series(10), force=True)
         assert dash.rows_seen == 10 and len(dash.figure.data[0].x) == 10
 
     def test_reset_forgets_everything(self):
@@ -350,12 +468,15 @@ class TestPlots:
         result = pf.run("blackfriday", phase=1, seed=3, scale=0.02, duration=900, memory="off")
         fig = run_figure(result, panels={"DB pool": ["db_in_use", "db_waiting"]})
         by_meta = {trace.meta: trace for trace in fig.data}
-        assert list(by_meta) == ["p50_ms", "p99_ms", "memory_bytes", "db_in_use", "db_waiting", "events"]
+        kinds = sorted({e["kind"] for e in result.summary["events"]})
+        drawn = [m for m in by_meta if not m.startswith("event:")]
+        assert drawn == ["p50_ms", "p99_ms", "db_in_use", "db_waiting"]  # memory off: no flat zero line
+        assert sorted(m[len("event:"):] for m in by_meta if m.startswith("event:")) == kinds
         assert len(by_meta["db_in_use"].y) == len(result.series["t"])
         assert by_meta["db_in_use"].yaxis == "y3"
-        assert len(by_meta["events"].x) == len(result.summary["events"])
+        assert len(fig.layout.shapes) == len(result.summary["events"])
         assert "phase 1" in fig.layout.title.text
-        assert len(latency_figure(result).data) == 3
+        assert len(latency_figure(result).data) == 2 + len(kinds)
 
     def test_thin_keeps_at_most_max_points_real_rows_and_the_last_one(self):
         series = fake_series(4230)
@@ -523,7 +644,7 @@ class TestLiveSession:
         async def main() -> LiveSession:
             session = LiveSession(scenario="blackfriday", pace=20, memory="off")
 
-            def broken(series):
+            def broken(series, latencies=None, **_):
                 raise RuntimeError("plot exploded")
 
             monkeypatch.setattr(session.dashboard, "update", broken)

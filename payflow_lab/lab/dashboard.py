@@ -1,11 +1,24 @@
 """The live dashboard: a plotly ``FigureWidget`` and a readout that follow a run as it happens.
 
 :meth:`Dashboard.update` is called about ten times a second with the live
-run's series (a dict of growing lists, see
-:class:`payflow_lab.metrics.Recorder`). It reads only the rows it has not seen
-yet, appends them to a window of bounded length (the last ``window_minutes``
-of story time), and pushes the window to the figure inside one
-``batch_update()``, so the browser redraws once per update, not once per trace.
+run's series (a dict of growing lists, see :class:`payflow_lab.metrics.Recorder`)
+and its completed latencies. It reads only the rows it has not seen yet and
+appends them to a window of bounded length (the last ``window_minutes`` of
+story time). Latency is drawn as rolling percentiles (p50 and p99 of the last
+:data:`~payflow_lab.lab.plots.ROLLING_S` story seconds), so it is a continuous
+line even in a quiet phase.
+
+Sending is *coalesced*: the figure goes to the browser at most
+:data:`MAX_UPDATES_PER_S` times a real second, and less often when sending is
+slow (an update never takes more than about a fifth of the kernel's time, see
+:data:`SEND_SHARE`). Every figure update is one message on the kernel's IOPub
+channel with every point of the window; sent ten times a second on a busy
+laptop they queued up in front of the learner's clicks, and Pause answered
+after 15 s. The readout (a few numbers) follows at the same rhythm.
+
+When the run ends, :meth:`Dashboard.finish` draws the *whole* run (thinned to
+:data:`~payflow_lab.lab.plots.MAX_POINTS` rows), so the cascade that scrolled
+out of the live window can be seen again, zoomed and hovered.
 
 What travels to the browser is bounded by the window, not by the length of the
 run: plotly.py's ``FigureWidget`` has no "extend traces" message (its
@@ -21,8 +34,9 @@ from __future__ import annotations
 
 import html
 import math
+import time
 from collections import deque
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import ipywidgets as widgets
@@ -30,10 +44,15 @@ import plotly.graph_objects as go
 
 from ..domain import ValidationError
 from ..metrics import hhmmss
-from .plots import (BASE_PANELS, display_value, expand_columns, make_layout, normalise_panels, panel_axes,
-                    panel_legend, story_ms, trace_style)
+from .plots import (BASE_PANELS, MAX_POINTS, RollingPercentiles, display_value, expand_columns, make_layout,
+                    normalise_panels, note_memory_off, panel_axes, panel_legend, story_x, thin, trace_style)
 
-__all__ = ["Dashboard", "READOUT_METRICS"]
+__all__ = ["Dashboard", "MAX_UPDATES_PER_S", "READOUT_METRICS", "SEND_SHARE"]
+
+#: Figure updates sent to the browser per real second, at most.
+MAX_UPDATES_PER_S = 3.0
+#: Share of real time the dashboard may spend building and sending updates; slower sends space out.
+SEND_SHARE = 0.2
 
 #: What the readout shows, in order: key, label.
 READOUT_METRICS: tuple[tuple[str, str], ...] = (
@@ -45,6 +64,7 @@ READOUT_METRICS: tuple[tuple[str, str], ...] = (
     ("in_flight", "in flight"),
     ("db_in_use", "DB in use"),
     ("memory_mib", "memory"),
+    ("pace_ratio", "pace"),
 )
 
 #: How far back (simulated seconds) the readout looks for the latest latency: quiet seconds have none,
@@ -63,6 +83,8 @@ def _format(key: str, value: Any) -> str:
         return f"{value * 1000:,.0f} ms" if value < 1 else f"{value:,.1f} s"
     if key == "memory_mib":
         return f"{value:,.1f} MiB"
+    if key == "pace_ratio":
+        return "as asked" if value >= 0.9 else f"{value:.1f}x of the pace asked"
     return f"{value:,.0f}"
 
 
@@ -81,7 +103,8 @@ class Dashboard:
     """
 
     def __init__(self, panels: Mapping[str, Sequence[str]] | None = None, *, window_minutes: float = 10.0,
-                 title: str = "", height: int | None = None) -> None:
+                 title: str = "", height: int | None = None, memory: bool = True,
+                 clock: Callable[[], float] = time.monotonic) -> None:
         self.panels = normalise_panels(panels)
         if (isinstance(window_minutes, bool) or not isinstance(window_minutes, (int, float))
                 or not math.isfinite(window_minutes)
@@ -92,7 +115,13 @@ class Dashboard:
         #: Rows kept: one per simulated second, plus one for the final sample a run takes as it ends.
         self.window_rows = int(self.window_minutes * 60) + 1
         self._layout = {**BASE_PANELS, **self.panels}
-        self.figure = go.FigureWidget(make_layout(self.panels, title=title, height=height))
+        self._clock = clock  # real time, for spacing the updates sent (a test passes its own)
+        #: Whether the run measures memory; if not, the memory panel says so instead of drawing zeros.
+        self.memory = bool(memory)
+        layout = make_layout(self.panels, title=title, height=height)
+        if not self.memory:
+            note_memory_off(layout)
+        self.figure = go.FigureWidget(layout)
         self.figure.add_class("payflow-dashboard")
         self.readout = widgets.HTML()
         self.readout.add_class("payflow-readout")
@@ -105,10 +134,17 @@ class Dashboard:
     # ---------------------------------------------------------------- state
     def _reset_state(self) -> None:
         self.rows_seen = 0
-        self._x: deque[float] = deque(maxlen=self.window_rows)
+        self._x: deque[str] = deque(maxlen=self.window_rows)
+        self._rolling = RollingPercentiles()
+        self._latencies_seen = 0
+        self._rolling_values: dict[str, deque[float | None]] = {}
+        self._dirty = False
+        self._next_send = 0.0
+        self.send_seconds = 0.0
         self._columns: dict[str, deque[float | None]] = {}
         self._trace_of: dict[str, int] = {}
         self.totals: dict[str, Any] = {key: None for key, _ in READOUT_METRICS}
+        self.finished = False
 
     def reset(self, title: str | None = None) -> None:
         """Forget everything drawn so far (a new run is about to start)."""
@@ -117,6 +153,7 @@ class Dashboard:
             self.figure.data = ()
             if title is not None:
                 self.figure.layout.title.text = title
+            self.figure.layout.xaxis.autorange = True
         self._render_readout()
 
     @property
@@ -124,16 +161,21 @@ class Dashboard:
         """The series columns currently drawn, in trace order."""
         return list(self._trace_of)
 
-    def window(self, column: str) -> tuple[list[float], list[float | None]]:
+    def window(self, column: str) -> tuple[list[str], list[float | None]]:
         """The (x, y) points of ``column`` currently in the window, as drawn (display units)."""
         return list(self._x), list(self._columns[column])
 
     # --------------------------------------------------------------- update
-    def update(self, series: Mapping[str, Sequence[Any]]) -> int:
-        """Draw the rows of ``series`` not seen yet; return how many there were.
+    def update(self, series: Mapping[str, Sequence[Any]], latencies: Sequence[float] | None = None, *,
+               force: bool = False) -> int:
+        """Take in the rows of ``series`` not seen yet; send them if an update is due. Return how many.
 
-        ``series`` is a live run's ``series`` (or a finished run's). Calling
-        it again without new rows costs nothing and sends nothing.
+        ``series`` is a live run's ``series`` (or a finished run's) and
+        ``latencies`` its completed latencies (``LiveRun.latencies``); without
+        them latency is drawn per second. The figure is sent at most
+        :data:`MAX_UPDATES_PER_S` times a second (``force``: now, if anything
+        changed). Calling it again without new rows costs nothing and sends
+        nothing.
         """
         if "t" not in series:
             return 0
@@ -143,19 +185,62 @@ class Dashboard:
         new = range(self.rows_seen, total)
         names = list(series)  # one atomic copy of the keys; a phase may add a gauge meanwhile
         added = self._add_columns(names, series, total)
-        if not new and not added:
-            return 0
-        clock = series["clock"]
-        for i in new:
-            self._x.append(story_ms(clock[i]))
-        for column, values in self._columns.items():
-            source = series[column]
+        if new:
+            clock = series["clock"]
             for i in new:
-                values.append(display_value(column, source[i]))
-        self._update_totals(series, new)
-        self.rows_seen = total
-        self._push()
+                self._x.append(story_x(clock[i]))
+            rolled = self._roll(series, latencies, new) if latencies is not None else {}
+            for column, values in self._columns.items():
+                if column in rolled:
+                    values.extend(display_value(column, v) for v in rolled[column])
+                    continue
+                source = series[column]
+                for i in new:
+                    values.append(display_value(column, source[i]))
+            self._update_totals(series, new)
+            self.rows_seen = total
+        if new or added:
+            self._dirty = True
+        if self._dirty and (force or self._clock() >= self._next_send):
+            self._push()
         return len(new)
+
+    def _roll(self, series: Mapping[str, Sequence[Any]], latencies: Sequence[float],
+              new: range) -> dict[str, list[float | None]]:
+        """Rolling p50/p99 (ms) of each new row, from the latencies its ``completed`` count covers."""
+        completed = series["completed"]
+        p50: list[float | None] = []
+        p99: list[float | None] = []
+        start = self._latencies_seen
+        for i in new:
+            count = completed[i]
+            low, high = self._rolling.add(latencies[start:start + count])
+            start += count
+            p50.append(low)
+            p99.append(high)
+        self._latencies_seen = start
+        return {"p50_ms": p50, "p99_ms": p99}
+
+    def finish(self, series: Mapping[str, Sequence[Any]], latencies: Sequence[float] | None = None) -> None:
+        """The run has ended: draw all of it, from its first second to its last, and send it now."""
+        self.update(series, latencies, force=True)
+        full = {name: list(values) for name, values in series.items() if name in self._trace_of or name == "clock"}
+        if latencies is not None and "completed" in series:
+            from .plots import rolling_latency
+
+            full["p50_ms"], full["p99_ms"] = rolling_latency(series["completed"], latencies)
+        full = thin(full, MAX_POINTS)
+        x = [story_x(c) for c in full["clock"]]
+        with self.figure.batch_update():
+            for column, index in self._trace_of.items():
+                trace = self.figure.data[index]
+                trace.x = x
+                trace.y = [display_value(column, v) for v in full[column]]
+            self.figure.layout.xaxis.autorange = True
+        self.finished = True
+        self.updates_sent += 1
+        self._dirty = False
+        self._render_readout()
 
     def _add_columns(self, names: list[str], series: Mapping[str, Sequence[Any]], total: int) -> bool:
         """Start drawing columns that appeared since the last update, back-filled over the window."""
@@ -163,7 +248,7 @@ class Dashboard:
         first = self.rows_seen - len(self._x)  # index of the oldest row in the window
         for row, (title, patterns) in enumerate(self._layout.items(), start=1):
             for column in expand_columns(patterns, names):
-                if column in self._columns:
+                if column in self._columns or (column == "memory_bytes" and not self.memory):
                     continue
                 source = series[column]
                 values: deque[float | None] = deque(maxlen=self.window_rows)
@@ -177,6 +262,7 @@ class Dashboard:
         return added
 
     def _push(self) -> None:
+        started = self._clock()
         x = list(self._x)
         with self.figure.batch_update():
             for column, index in self._trace_of.items():
@@ -184,7 +270,16 @@ class Dashboard:
                 trace.x = x
                 trace.y = list(self._columns[column])
         self.updates_sent += 1
+        self._dirty = False
         self._render_readout()
+        spent = self._clock() - started
+        self.send_seconds += spent
+        self._next_send = started + max(1.0 / MAX_UPDATES_PER_S, spent / SEND_SHARE)
+
+    def set_pace_ratio(self, ratio: float | None) -> None:
+        """Show how much of the pace asked the machine keeps (the readout says so when it is behind)."""
+        if ratio != self.totals["pace_ratio"]:
+            self.totals["pace_ratio"] = None if ratio is None else round(ratio, 2)
 
     def _update_totals(self, series: Mapping[str, Sequence[Any]], new: range) -> None:
         if not new:
@@ -198,7 +293,7 @@ class Dashboard:
             totals[key] = self._recent(column)
         totals["in_flight"] = series["in_flight_payments"][last]
         totals["db_in_use"] = series["db_in_use"][last]
-        totals["memory_mib"] = display_value("memory_bytes", series["memory_bytes"][last])
+        totals["memory_mib"] = display_value("memory_bytes", series["memory_bytes"][last]) if self.memory else None
 
     def _recent(self, column: str) -> float | None:
         """The latest value of ``column`` in the last :data:`RECENT_ROWS` rows (None if nothing completed)."""
@@ -214,9 +309,12 @@ class Dashboard:
         cells = []
         for key, label in READOUT_METRICS:
             value = self.totals[key]
+            if key == "pace_ratio" and value is None:
+                continue  # shown only while a paced run is measured
             raw = "" if value is None else f"{value:g}" if isinstance(value, float) else str(value)
+            shown = "not measured" if key == "memory_mib" and not self.memory else _format(key, value)
             cells.append(
                 f'<span class="payflow-metric" data-metric="{key}" data-value="{html.escape(raw)}" '
                 f'style="margin-right:1.2em"><span style="color:#666">{label}</span> '
-                f'<b>{html.escape(_format(key, value))}</b></span>')
+                f'<b>{html.escape(shown)}</b></span>')
         self.readout.value = f'<div style="font-family:monospace;font-size:13px">{"".join(cells)}</div>'

@@ -5,22 +5,34 @@ This module decides how those columns look on screen, once, so that a live
 :class:`~payflow_lab.lab.Dashboard` and the static figure of a finished run
 read the same way:
 
-* the x axis is **story time**. Plotly date axes accept milliseconds since the
-  epoch, so story seconds since midnight times 1000 land on 1 January 1970 at
-  the right hour, and the axis shows ``14:15`` without sending date strings;
-* the first panel is payment latency (p50 and p99 of the payments completed in
-  each second, in seconds, on a log axis: 150 ms and 13.5 s on one screen);
+* the x axis is **story time**, ``14:15``: each point's x is a date-time
+  string on the story's day (Black Friday, :data:`STORY_DAY`), which plotly
+  reads as a date whatever else it is told, and the axis shows hours and
+  minutes;
+* the first panel is payment latency: p50 (solid) and p99 (dashed) of the
+  payments completed in the last :data:`ROLLING_S` story seconds, as
+  continuous lines (:class:`RollingPercentiles`), in seconds on a log axis
+  (150 ms and 13.5 s on one screen). A quiet second with no completed payment
+  does not break the line; a minute with none does;
 * the second is the process's memory (MiB, from ``memory_bytes``);
 * further panels show whatever columns a lesson names: ``db_in_use``,
   ``in_flight_tasks``, or patterns such as ``queue_*`` for the gauges a phase
   adds. A column that does not exist (yet) is simply not drawn.
 
 For deterministic notebook cells, :func:`run_figure` draws a finished
-:class:`~payflow_lab.RunResult` with the same panels, plus the run's events.
+:class:`~payflow_lab.RunResult` with the same panels, plus the run's events,
+and :func:`describe_figure` says in one line what the figure shows.
+
+Readable by everyone: the colours are the Okabe-Ito palette (distinguishable
+with every common colour-vision deficiency), p50 and p99 differ by line style
+as well as colour, and each kind of story event has its own line style, a
+legend entry and a short label on the figure, not only a colour and a hover.
 """
 
 from __future__ import annotations
 
+import bisect
+import datetime as _dt
 import math
 from collections.abc import Iterable, Mapping, Sequence
 from fnmatch import fnmatchcase
@@ -30,32 +42,61 @@ import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
 from ..domain import ValidationError
+from ..metrics import hhmmss, percentile
 
 __all__ = [
     "BASE_PANELS",
+    "PALETTE",
+    "ROLLING_S",
+    "RollingPercentiles",
+    "describe_figure",
     "display_value",
     "expand_columns",
+    "label",
     "latency_figure",
     "make_layout",
+    "note_memory_off",
     "normalise_panels",
     "panel_axes",
     "panel_legend",
     "run_figure",
+    "rolling_latency",
     "story_ms",
+    "story_x",
     "thin",
     "trace_style",
 ]
 
+#: Story seconds over which the latency lines take their percentiles.
+ROLLING_S = 60
 #: The two panels every dashboard shows, with the columns they draw.
 BASE_PANELS: dict[str, tuple[str, ...]] = {
-    "payment latency (s)": ("p50_ms", "p99_ms"),
+    f"payment latency (s): p50 and p99 of the last {ROLLING_S} s": ("p50_ms", "p99_ms"),
     "memory (MiB)": ("memory_bytes",),
+}
+#: The story's day: Black Friday. Story time is seconds since its midnight.
+STORY_DAY = _dt.datetime(2026, 11, 27)
+
+#: Okabe & Ito's colour-blind-safe palette (2008), most distinct first.
+PALETTE: tuple[str, ...] = ("#0072B2", "#D55E00", "#009E73", "#CC79A7", "#E69F00", "#56B4E9", "#000000",
+                            "#F0E442")
+#: Fixed colour and dash of the columns every figure has, so p50/p99 read the same everywhere.
+STYLES: dict[str, dict[str, str]] = {
+    "p50_ms": {"color": "#0072B2", "dash": "solid"},
+    "p99_ms": {"color": "#D55E00", "dash": "dash"},
+    "memory_bytes": {"color": "#009E73", "dash": "solid"},
+}
+#: How each kind of story event is drawn: colour, dash, and its legend name.
+EVENT_STYLES: dict[str, tuple[str, str, str]] = {
+    "scripted": ("#555555", "dash", "story event"),
+    "observed": ("#D55E00", "dot", "what the run observed"),
+    "control": ("#CC79A7", "dashdot", "your change"),
 }
 
 #: Friendlier trace names for the recorder's own columns.
 LABELS: dict[str, str] = {
-    "p50_ms": "p50",
-    "p99_ms": "p99",
+    "p50_ms": "p50 (solid)",
+    "p99_ms": "p99 (dashed)",
     "memory_bytes": "memory",
     "db_in_use": "DB connections in use",
     "db_waiting": "requests waiting for a connection",
@@ -64,7 +105,23 @@ LABELS: dict[str, str] = {
     "arrivals": "arrivals per second",
     "completed": "completed per second",
     "failed": "failed per second",
+    "webhook_queue": "webhooks queued",
+    "webhook_oldest_queued_s": "oldest queued webhook (s)",
+    "breakers_open": "circuit breakers open",
+    "endpoints_hanging": "endpoints hanging",
+    "abandoned_couriers": "abandoned couriers",
+    "outbox_pending": "events pending in the outbox",
 }
+
+
+def label(column: str) -> str:
+    """A column's name for a legend: ``queue_webhook`` reads "webhook queue", ``lane_premium`` "premium lane"."""
+    if column in LABELS:
+        return LABELS[column]
+    for prefix, noun in (("queue_", "queue"), ("lane_", "lane")):
+        if column.startswith(prefix):
+            return f"{column[len(prefix):].replace('_', ' ')} {noun}"
+    return column.replace("_", " ")
 
 _MIB = 1024 * 1024
 #: Rows a static figure keeps at most (see :func:`thin`).
@@ -72,8 +129,68 @@ MAX_POINTS = 1000
 
 
 def story_ms(clock_seconds: float) -> float:
-    """Story time (seconds since midnight) as a plotly date-axis value (ms since the epoch)."""
+    """Story time (seconds since midnight) in milliseconds, rounded: how the figures' data is compared."""
     return round(clock_seconds * 1000.0, 3)
+
+
+def story_x(clock_seconds: float) -> str:
+    """Story time as the x value of a figure: ``"2026-11-27 14:15:00"`` (a date plotly cannot misread).
+
+    Whole seconds, since the series has one row per simulated second; a run
+    past midnight moves to the next day.
+    """
+    moment = STORY_DAY + _dt.timedelta(seconds=round(clock_seconds))
+    return moment.strftime("%Y-%m-%d %H:%M:%S")
+
+
+class RollingPercentiles:
+    """p50 and p99 of the latencies of the last ``rows`` rows, one row (simulated second) at a time.
+
+    Feed it each second's completed latencies with :meth:`add`; it keeps them
+    sorted (``bisect``), so a row costs O(window) memory moves, not a sort.
+    Exact, not estimated: the percentiles are those of :func:`payflow_lab.metrics.percentile`
+    over every payment completed in the window. ``None`` when the window has none.
+    """
+
+    def __init__(self, rows: int = ROLLING_S) -> None:
+        if isinstance(rows, bool) or not isinstance(rows, int) or rows < 1:
+            raise ValidationError("rows", f"must be a positive whole number of seconds, got {rows!r}")
+        self.rows = rows
+        self._sorted: list[float] = []
+        self._recent: list[Sequence[float]] = []
+
+    def add(self, latencies: Sequence[float]) -> tuple[float | None, float | None]:
+        """Add one second's latencies (seconds); return (p50, p99) in milliseconds over the window."""
+        window = self._sorted
+        for value in latencies:
+            bisect.insort(window, value)
+        self._recent.append(latencies)
+        if len(self._recent) > self.rows:
+            for value in self._recent.pop(0):
+                del window[bisect.bisect_left(window, value)]
+        if not window:
+            return None, None
+        return round(percentile(window, 50) * 1000, 3), round(percentile(window, 99) * 1000, 3)
+
+
+def rolling_latency(completed: Sequence[int], latencies: Sequence[float],
+                    rows: int = ROLLING_S) -> tuple[list[float | None], list[float | None]]:
+    """The rolling p50 and p99 (ms) of every row, from each row's ``completed`` count and the run's latencies.
+
+    ``latencies`` are the completed payments' latencies in seconds, in the
+    order they completed (:attr:`RunResult.latencies`); row ``i`` completed
+    ``completed[i]`` of them.
+    """
+    roll = RollingPercentiles(rows)
+    p50: list[float | None] = []
+    p99: list[float | None] = []
+    start = 0
+    for count in completed:
+        low, high = roll.add(latencies[start:start + count])
+        start += count
+        p50.append(low)
+        p99.append(high)
+    return p50, p99
 
 
 def display_value(column: str, value: Any) -> float | None:
@@ -163,8 +280,8 @@ def _latency_axis() -> dict[str, Any]:
 def make_layout(panels: Mapping[str, Sequence[str]], *, title: str = "", height: int | None = None) -> go.Figure:
     """An empty figure with the base panels and ``panels`` stacked on one shared story-time axis.
 
-    Each panel has its title at its top left and its own legend at its top
-    right, so a trace is named next to where it is drawn.
+    Each panel has its title at its top left and its own legend to its right,
+    beside the lines it names (never over the title or the lines).
     """
     titles = [*BASE_PANELS, *panels]
     rows = len(titles)
@@ -172,8 +289,9 @@ def make_layout(panels: Mapping[str, Sequence[str]], *, title: str = "", height:
                         subplot_titles=titles)
     fig.update_layout(
         template="plotly_white",
+        colorway=list(PALETTE),
         height=height or 150 + 200 * rows,
-        margin={"l": 70, "r": 20, "t": 70, "b": 40},
+        margin={"l": 70, "r": 200, "t": 80, "b": 40},
         title={"text": title, "x": 0.01, "font": {"size": 15}},
         hovermode="x unified",
         uirevision="payflow",  # keep the learner's zoom across updates
@@ -183,33 +301,36 @@ def make_layout(panels: Mapping[str, Sequence[str]], *, title: str = "", height:
     for row in range(1, rows + 1):
         yaxis = fig.layout["yaxis" if row == 1 else f"yaxis{row}"]
         fig.update_layout({panel_legend(row): {
-            "orientation": "h", "x": 1, "xanchor": "right", "y": yaxis.domain[1], "yanchor": "bottom",
+            "orientation": "v", "x": 1.01, "xanchor": "left", "y": yaxis.domain[1], "yanchor": "top",
             "bgcolor": "rgba(255,255,255,0)", "font": {"size": 11}}})
-    fig.update_xaxes(type="date", tickformat="%H:%M", hoverformat="%H:%M:%S")
+    fig.update_xaxes(type="date", tickformat="%H:%M", hoverformat="%H:%M:%S", showticklabels=True)
+    fig.update_xaxes(title_text="story time (Black Friday)", row=rows, col=1)
     fig.update_yaxes(row=1, col=1, **_latency_axis())
     for row in range(2, rows + 1):
         fig.update_yaxes(rangemode="tozero", row=row, col=1)
     return fig
 
 
-def trace_style(column: str) -> dict[str, Any]:
-    """How ``column`` is drawn. Latencies get markers as well as lines.
+def trace_style(column: str, *, rolling: bool = True) -> dict[str, Any]:
+    """How ``column`` is drawn: its legend name, colour and line style.
 
-    A latency point is the p50 or p99 of the payments completed in one
-    simulated second, and at one tenth of PayFlow a quiet second often has
-    none: the line breaks there (a gap, never an invented value), so an
-    isolated second would be invisible without its marker.
+    Latencies are continuous lines when they are rolling percentiles (see
+    :class:`RollingPercentiles`). A per-second latency (``rolling=False``,
+    when only the series is at hand) is the p50 or p99 of one simulated
+    second, and a quiet second has none: the line breaks there (a gap, never
+    an invented value), so those points also get a marker.
     """
-    style: dict[str, Any] = {"name": LABELS.get(column, column), "meta": column, "connectgaps": False,
-                             "mode": "lines"}
-    if column.endswith("_ms"):
-        style.update(mode="lines+markers", marker={"size": 4}, line={"width": 1.5})
+    style: dict[str, Any] = {"name": label(column), "meta": column, "connectgaps": False, "mode": "lines",
+                             "line": {"width": 1.5, **STYLES.get(column, {})}}
+    if column.endswith("_ms") and not rolling:
+        style.update(mode="lines+markers", marker={"size": 4})
     return style
 
 
-def _trace(column: str, row: int, x: list[float], y: list[float | None]) -> go.Scatter:
+def _trace(column: str, row: int, x: list[str], y: list[float | None], *, rolling: bool = True) -> go.Scatter:
     xaxis, yaxis = panel_axes(row)
-    return go.Scatter(x=x, y=y, xaxis=xaxis, yaxis=yaxis, legend=panel_legend(row), **trace_style(column))
+    return go.Scatter(x=x, y=y, xaxis=xaxis, yaxis=yaxis, legend=panel_legend(row),
+                      **trace_style(column, rolling=rolling))
 
 
 def thin(series: Mapping[str, list[Any]], max_points: int = MAX_POINTS) -> dict[str, list[Any]]:
@@ -238,50 +359,89 @@ def _series_of(result: Any) -> dict[str, list[Any]]:
     return dict(series)
 
 
+def _with_rolling_latency(result: Any, series: dict[str, list[Any]]) -> bool:
+    """Replace the per-second p50/p99 of ``series`` by rolling ones when ``result`` has its latencies."""
+    latencies = getattr(result, "latencies", None)
+    if latencies is None or "completed" not in series:
+        return False
+    series["p50_ms"], series["p99_ms"] = rolling_latency(series["completed"], latencies)
+    return True
+
+
+def _memory_measured(series: Mapping[str, Sequence[Any]]) -> bool:
+    return any(series.get("memory_bytes", ()))
+
+
 def run_figure(result: Any, *, panels: Mapping[str, Sequence[str]] | None = None, title: str | None = None,
                events: bool = True, height: int | None = None, max_points: int = MAX_POINTS) -> go.Figure:
     """A static figure of a finished run: latency, memory and the ``panels`` asked for.
 
-    ``result`` is a :class:`~payflow_lab.RunResult` (or its ``series``).
-    With ``events``, the run's timeline is drawn as vertical lines (grey:
-    scripted inputs; red: what the run observed; purple: widget changes),
-    each explained on hover. Long runs are thinned to at most ``max_points``
-    rows (see :func:`thin`).
+    ``result`` is a :class:`~payflow_lab.RunResult` (or its ``series``; then
+    latency is drawn per second, since the rolling window needs the run's
+    latencies). With ``events``, the run's timeline is drawn as labelled
+    vertical lines, one line style per kind (story events, what the run
+    observed, your changes), each explained on hover. Long runs are thinned to
+    at most ``max_points`` rows (see :func:`thin`). The one-line description
+    of :func:`describe_figure` is the figure's subtitle.
     """
-    series = thin(_series_of(result), max_points)
+    full = _series_of(result)
+    rolling = _with_rolling_latency(result, full)
+    series = thin(full, max_points)
     extra = normalise_panels(panels)
     summary = getattr(result, "summary", None)
     if title is None and isinstance(summary, Mapping):
         title = f"{summary.get('scenario')}, phase {summary.get('phase')}, seed {summary.get('seed')}"
     fig = make_layout(extra, title=title or "", height=height)
-    x = [story_ms(c) for c in series["clock"]]
+    x = [story_x(c) for c in series["clock"]]
     layout = {**BASE_PANELS, **extra}
     for row, columns in enumerate(layout.values(), start=1):
         for column in expand_columns(columns, series):
-            fig.add_trace(_trace(column, row, x, [display_value(column, v) for v in series[column]]))
+            if column == "memory_bytes" and not _memory_measured(series):
+                continue
+            fig.add_trace(_trace(column, row, x, [display_value(column, v) for v in series[column]],
+                                 rolling=rolling))
+    if not _memory_measured(series):
+        note_memory_off(fig)
     if events and isinstance(summary, Mapping):
         _add_events(fig, summary.get("events", []), series)
+    fig.layout.title.subtitle = {"text": describe_figure(result, rolling=rolling), "font": {"size": 12}}
     return fig
 
 
+def note_memory_off(fig: go.Figure) -> None:
+    """Say "memory not measured" in the memory panel instead of drawing a flat line at zero."""
+    yaxis = fig.layout.yaxis2
+    fig.add_annotation(text="memory not measured (memory=\"off\")", xref="x2 domain", yref="y2 domain",
+                       x=0.5, y=0.5, showarrow=False, font={"size": 13, "color": "#555555"},
+                       name="memory-off")
+    yaxis.update(showticklabels=False)
+
+
+def _short(what: str, limit: int = 28) -> str:
+    """An event's label on the figure: its first clause, cut to ``limit`` characters."""
+    text = what.split(":")[0].split(";")[0].strip()
+    return text if len(text) <= limit else text[: limit - 1].rstrip() + "…"
+
+
 def _add_events(fig: go.Figure, events: Sequence[Mapping[str, str]], series: Mapping[str, list[Any]]) -> None:
-    colours = {"scripted": "#888888", "observed": "#d62728", "control": "#9467bd"}
     day = _day_offset(series)
-    hover_x, hover_text, hover_colour = [], [], []
-    for event in events:
+    seen_kinds: set[str] = set()
+    for number, event in enumerate(events):
         hh, mm, ss = (int(part) for part in event["at"].split(":"))
-        at = story_ms(day + hh * 3600 + mm * 60 + ss)
-        colour = colours.get(event.get("kind", ""), "#888888")
-        fig.add_vline(x=at, line_width=1, line_dash="dot", line_color=colour, opacity=0.6)
-        hover_x.append(at)
-        hover_text.append(f"{event['at']} {event['what']}")
-        hover_colour.append(colour)
-    if hover_x:
-        latencies = [v for c in ("p50_ms", "p99_ms") for v in series.get(c, []) if v]
-        top = display_value("p99_ms", max(latencies)) if latencies else 1.0
-        fig.add_trace(go.Scatter(x=hover_x, y=[top] * len(hover_x), mode="markers", name="events",
-                                 marker={"symbol": "triangle-down", "size": 9, "color": hover_colour},
-                                 hovertext=hover_text, hoverinfo="text", xaxis="x", yaxis="y", meta="events"))
+        at = story_x(day + hh * 3600 + mm * 60 + ss)
+        kind = event.get("kind", "scripted")
+        colour, dash, name = EVENT_STYLES.get(kind, EVENT_STYLES["scripted"])
+        fig.add_shape(type="line", x0=at, x1=at, xref="x", y0=0, y1=1, yref="paper",
+                      line={"color": colour, "dash": dash, "width": 1}, opacity=0.7)
+        # Labels alternate between two heights so that events close in time stay legible.
+        fig.add_annotation(x=at, xref="x", y=1.0 if number % 2 == 0 else 0.97, yref="paper", yanchor="bottom",
+                           text=_short(event["what"]), showarrow=False, textangle=0, xanchor="left",
+                           font={"size": 10, "color": colour}, hovertext=f"{event['at']} {event['what']}")
+        if kind not in seen_kinds:  # one legend entry per kind: the line style's meaning, in words
+            seen_kinds.add(kind)
+            fig.add_trace(go.Scatter(x=[None], y=[None], mode="lines", name=name, meta=f"event:{kind}",
+                                     line={"color": colour, "dash": dash, "width": 1}, hoverinfo="skip",
+                                     xaxis="x", yaxis="y", legend="legend"))
 
 
 def _day_offset(series: Mapping[str, list[Any]]) -> float:
@@ -290,19 +450,60 @@ def _day_offset(series: Mapping[str, list[Any]]) -> float:
     return math.floor(clock[0] / 86_400) * 86_400.0
 
 
+def describe_figure(result: Any, *, rolling: bool | None = None) -> str:
+    """One sentence saying what a run's figure shows: span, the worst p99 and when, the events.
+
+    It is the figure's subtitle (and what a screen reader or a text-only
+    diff gets): the picture in words.
+    """
+    series = _series_of(result)
+    if rolling is None:
+        rolling = _with_rolling_latency(result, series)
+    elif rolling:
+        _with_rolling_latency(result, series)
+    clock = series["clock"]
+    if not clock:
+        return "An empty run: nothing to draw."
+    span = f"{hhmmss(clock[0])[:5]} to {hhmmss(clock[-1])[:5]}"
+    p99 = [(v, c) for v, c in zip(series.get("p99_ms", ()), clock) if v is not None]
+    how = f"rolling {ROLLING_S} s" if rolling else "per second"
+    parts = [f"Payment latency (p50 solid, p99 dashed, {how}) from {span}"]
+    if p99:
+        worst, when = max(p99)
+        parts.append(f"p99 peaks at {_duration(worst / 1000)} at {hhmmss(when)[:5]}")
+    else:
+        parts.append("no payment completed")
+    if not _memory_measured(series):
+        parts.append("memory not measured")
+    summary = getattr(result, "summary", None)
+    events = summary.get("events", []) if isinstance(summary, Mapping) else []
+    if events:
+        parts.append(f"{len(events)} events marked")
+    return "; ".join(parts) + "."
+
+
+def _duration(seconds: float) -> str:
+    return f"{seconds * 1000:,.0f} ms" if seconds < 1 else f"{seconds:,.1f} s"
+
+
 def latency_figure(result: Any, *, title: str | None = None, max_points: int = MAX_POINTS) -> go.Figure:
     """Only the latency panel of a finished run, with its events: the quickest picture of what happened."""
-    series = thin(_series_of(result), max_points)
+    full = _series_of(result)
+    rolling = _with_rolling_latency(result, full)
+    series = thin(full, max_points)
     summary = getattr(result, "summary", None)
     fig = go.Figure()
-    fig.update_layout(template="plotly_white", height=320, margin={"l": 60, "r": 20, "t": 50, "b": 40},
-                      title={"text": title or "payment latency (s)", "x": 0.01, "font": {"size": 15}},
-                      hovermode="x unified", legend={"orientation": "h", "y": -0.15})
+    fig.update_layout(template="plotly_white", colorway=list(PALETTE), height=340,
+                      margin={"l": 60, "r": 20, "t": 70, "b": 40},
+                      title={"text": title or (f"payment latency (s): p50 and p99 of the last {ROLLING_S} s"
+                                             if rolling else "payment latency (s) per second"), "x": 0.01, "font": {"size": 15}},
+                      hovermode="x unified", legend={"orientation": "h", "y": -0.2})
     fig.update_xaxes(type="date", tickformat="%H:%M", hoverformat="%H:%M:%S")
     fig.update_yaxes(**_latency_axis())
-    x = [story_ms(c) for c in series["clock"]]
+    x = [story_x(c) for c in series["clock"]]
     for column in ("p50_ms", "p99_ms"):
-        fig.add_trace(_trace(column, 1, x, [display_value(column, v) for v in series[column]]))
+        fig.add_trace(_trace(column, 1, x, [display_value(column, v) for v in series[column]], rolling=rolling))
     if isinstance(summary, Mapping):
         _add_events(fig, summary.get("events", []), series)
+    fig.layout.title.subtitle = {"text": describe_figure(result, rolling=rolling), "font": {"size": 12}}
     return fig

@@ -107,7 +107,7 @@ class LiveSession:
         self.autopoll = bool(autopoll)
         self.panel = ControlPanel(scenario=scenario, phase=phase, phases=phases, scenarios=scenarios, seed=seed,
                                   pace=pace, faults=faults)
-        self.dashboard = Dashboard(panels, window_minutes=window_minutes)
+        self.dashboard = Dashboard(panels, window_minutes=window_minutes, memory=memory != "off")
         self.widget = widgets.VBox([self.panel.widget, self.dashboard.widget])
         self.widget.add_class("payflow-session")
         self.panel.on_faults(self._faults_changed)
@@ -308,11 +308,12 @@ class LiveSession:
         live = self.live
         if live is None or self.state not in LIVE_STATES:
             return False
-        self.dashboard.update(live.series)
+        self.dashboard.update(live.series, live.latencies)
         self._sync_plan(live)
         if live.running:
             controls = live.controls
             state = "stopping" if controls.stop_requested else "paused" if controls.paused else "running"
+            self.dashboard.set_pace_ratio(live.pace_ratio if state == "running" else None)
             if state != self.state:
                 self._set_state(state, self.panel.status_text)
             return True
@@ -342,11 +343,13 @@ class LiveSession:
             return
         except Exception as exc:
             self.error = exc
-            self.dashboard.update(live.series)
+            self.dashboard.set_pace_ratio(None)
+            self.dashboard.update(live.series, live.latencies, force=True)
             self._set_state("failed", f"the run failed: {_describe(exc)}")
             return
         self.result = result
-        self.dashboard.update(live.series)
+        self.dashboard.set_pace_ratio(None)
+        self.dashboard.finish(live.series, live.latencies)
         self._sync_plan(live)
         self._set_state("stopped" if self._stop_requested else "finished", self._ending(result))
 
@@ -359,9 +362,15 @@ class LiveSession:
     def _faults_changed(self, changes: dict[str, Any]) -> None:
         text = ", ".join(f"{k}={v}" for k, v in sorted(changes.items()))
         live = self.live
-        if self.state in ("running", "paused") and live is not None:
-            live.set_faults(**changes)
+        if self.state in ("running", "paused") and live is not None and live.running:
+            try:
+                live.set_faults(**changes)
+            except (ValidationError, RuntimeError) as exc:
+                self.panel.set_status(f"{text}: {exc}", error=True)
+                return
             self.panel.set_status(f"{text}: applies at the next simulated second")
+        elif self.state == "stopping":
+            self.panel.set_status(f"{text}: the run is stopping; used when the next run starts")
         else:
             self.panel.set_status(f"{text}: used when the next run starts")
 
