@@ -16,6 +16,9 @@ The figures:
 ``backends``
     the same Phase 1 run on the asyncio virtual-time loop and on trio's
     ``MockClock``: the measurement behind the default backend.
+``live``
+    how promptly a live lesson answers Pause and a fault change, and the
+    pace it keeps (:mod:`payflow_lab.lab.livebench`).
 """
 
 from __future__ import annotations
@@ -39,6 +42,7 @@ BENCHMARKS: dict[str, str] = {
     "simulation": "payflow_lab.bench:bench_simulation",
     "backends": "payflow_lab.bench:bench_backends",
     "hook bus": "payflow_lab.hooks.bench:bench_emit",
+    "live": "payflow_lab.lab.livebench:bench_live",
 }
 
 

@@ -53,6 +53,8 @@ YIELD_S = 0.01
 PACE_LIMITS = (0.1, 10_000.0)
 #: Real seconds a run may fall behind its pace before it stops trying to catch up.
 SLACK_S = 0.25
+#: Longest single pacing sleep, in real seconds (a pause or stop ends it early anyway).
+MAX_SLEEP_S = 0.5
 #: Real seconds over which the achieved pace is measured.
 PACE_WINDOW_S = 3.0
 
@@ -82,6 +84,11 @@ class Controls:
         self.pause_latencies: list[float] = []
         #: Real seconds from each :meth:`set_faults` to the change being applied by the run.
         self.change_latencies: list[float] = []
+        #: ``time.perf_counter()`` when the clock stopped for each pause, and when each change applied.
+        self.halted_at: list[float] = []
+        self.applied_at: list[float] = []
+        #: Times the run yielded the processor because it was behind its pace.
+        self.yields = 0
 
     # ------------------------------------------------------------------- pace
     @staticmethod
@@ -142,6 +149,7 @@ class Controls:
             except queue.Empty:
                 return out
             self.change_latencies.append(now - asked)
+            self.applied_at.append(now)
             out.append(changes)
 
     # ------------------------------------------------------------ pause, stop
@@ -206,8 +214,9 @@ class Controls:
                 delay = 0.0
         if delay <= 0 and now - self._busy_since >= BUSY_SLICE_S:
             delay = YIELD_S
+            self.yields += 1
         if delay > 0:
-            self._sleep(min(delay, 0.5))
+            self._sleep(min(delay, MAX_SLEEP_S))
 
     def _sleep(self, seconds: float) -> None:
         # Wake early for a pause: the clock must stop now, not after the pacing sleep.
@@ -221,8 +230,10 @@ class Controls:
         with self._lock:
             asked = self._pause_requested
         self._blocked.set()
+        halted = time.perf_counter()
+        self.halted_at.append(halted)
         if asked is not None:
-            self.pause_latencies.append(time.perf_counter() - asked)
+            self.pause_latencies.append(halted - asked)
         try:
             while not self._running.wait(0.05):
                 pass
