@@ -207,14 +207,18 @@ class ControlPanel:
         self.scenario.disabled = len(self._scenarios) == 1
         heading = widgets.HTML("<b>Faults</b> <span style='color:#666'>(apply at the next simulated second)</span>")
         tiers_heading = widgets.HTML("<b>Merchant endpoints by tier</b>")
+        # Rows wrap instead of overflowing: in a narrow JupyterLab window (1,200 px with the file browser
+        # open) the seed box goes to the next line rather than off the edge.
+        wrap = widgets.Layout(flex_flow="row wrap")
         self.widget = widgets.VBox([
-            widgets.HBox([self.scenario, self.phase, self.seed]),
+            widgets.HBox([self.scenario, self.phase, self.seed], layout=wrap),
             heading,
             widgets.HBox([widgets.VBox([self.sliders[k] for k in ("traffic_multiplier", "webhook_error_rate")]),
-                          widgets.VBox([self.sliders[k] for k in ("webhook_hang_rate", "webhook_latency_multiplier")])]),
+                          widgets.VBox([self.sliders[k] for k in ("webhook_hang_rate", "webhook_latency_multiplier")])],
+                         layout=widgets.Layout(flex_flow="row wrap")),
             tiers_heading,
             widgets.VBox(list(self.tiers.values())),
-            widgets.HBox([self.pace, *self.buttons.values()]),
+            widgets.HBox([self.pace, *self.buttons.values()], layout=widgets.Layout(flex_flow="row wrap")),
             self.status,
         ])
         self.widget.add_class("payflow-panel")

@@ -308,7 +308,8 @@ class LiveSession:
         live = self.live
         if live is None or self.state not in LIVE_STATES:
             return False
-        self.dashboard.update(live.series, live.latencies)
+        # Once the clock has stopped, the last rows go out at once: a paused dashboard shows where it stopped.
+        self.dashboard.update(live.series, live.latencies, force=live.controls.halted)
         self._sync_plan(live)
         if live.running:
             controls = live.controls

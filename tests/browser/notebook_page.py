@@ -57,11 +57,19 @@ _ERRORS_JS = """() => Array.from(document.querySelectorAll(
     '.jp-OutputArea-output[data-mime-type="application/vnd.jupyter.stderr"]'))
   .map(e => ({mime: e.getAttribute('data-mime-type'), text: e.innerText}))"""
 
+# x values are story-time date strings ("2026-11-27 14:15:00"); the tests read them as story milliseconds
+# since the story day's midnight, the unit lessons_spec works in.
+#: Console lines of any level that are failures: plotly warns (not errors) when an axis format does not fit
+#: its type, as it did when the story-time axis was drawn as raw milliseconds.
+CONSOLE_FORBIDDEN = re.compile(r"encountered bad format")
+
 _TRACES_JS = """(root) => {
   const g = root.querySelector('.payflow-dashboard');
   if (!g || !g.data) return null;
+  const day = Date.parse('2026-11-27T00:00:00Z');
+  const ms = (x) => typeof x === 'string' ? Date.parse(x.replace(' ', 'T') + 'Z') - day : x;
   const out = {};
-  for (const t of g.data) if (t.meta) out[t.meta] = [Array.from(t.x || []), Array.from(t.y || [])];
+  for (const t of g.data) if (t.meta) out[t.meta] = [Array.from(t.x || []).map(ms), Array.from(t.y || [])];
   return out;
 }"""
 
@@ -86,6 +94,8 @@ _RENDERING_JS = """() => {
   document.querySelectorAll('.js-plotly-plot').forEach((g, i) => {
     if (!g.querySelector('.main-svg') || !g._fullLayout) problems.push(`plotly figure #${i + 1} was not drawn`);
     else if (!size(g)) problems.push(`plotly figure #${i + 1} has no size`);
+    else if (g.closest('.payflow-dashboard-box') && g._fullLayout.xaxis && g._fullLayout.xaxis.type !== 'date')
+      problems.push(`plotly figure #${i + 1}: the story-time axis is ${g._fullLayout.xaxis.type}, not date`);
   });
   document.querySelectorAll('.payflow-panel').forEach((p, i) => {
     if (!size(p)) problems.push(`control panel #${i + 1} has no size`);
@@ -182,7 +192,7 @@ class NotebookPage:
     def console_errors(self) -> list[ConsoleEntry]:
         """Console errors and uncaught page errors, minus :data:`CONSOLE_ALLOWED`."""
         return [entry for entry in self.console
-                if entry.kind in ("error", "pageerror")
+                if (entry.kind in ("error", "pageerror") or CONSOLE_FORBIDDEN.search(entry.text))
                 and not any(pattern.search(entry.text) for pattern, _why in CONSOLE_ALLOWED)]
 
     def session(self, index: int) -> SessionView:

@@ -31,12 +31,17 @@ if TYPE_CHECKING:  # Playwright is imported only when the browser tests can run 
 
 pytestmark = pytest.mark.browser
 
-#: Real seconds between two reads of a running dashboard when checking that it moves.
-GROWTH_INTERVAL_S = 1.5
-#: Real seconds between two reads of the page while waiting for a fault's effect.
+#: Story seconds the readout must advance to show that a started run moves.
+GROWTH_STORY_S = 5.0
+#: Real seconds between two reads of the page while waiting for a story-time condition.
 POLL_S = 0.3
-#: Real seconds a fault check may take at most, whatever the pace (a stalled page must not hang the suite).
-FAULT_REAL_LIMIT_S = 60.0
+#: The pace every check runs at unless its lesson entry says otherwise (simulated seconds per real second):
+#: the test's, not the lesson's, so that how much story time passes per real second is the test's choice.
+TEST_PACE = 20.0
+#: Safety nets only (real seconds): every wait is on a story-time condition; these stop a stalled page from
+#: hanging the suite, and are generous because workshop laptops are busy.
+FAULT_REAL_LIMIT_S = 240.0
+STATE_LIMIT_S = 60.0
 
 
 @contextmanager
@@ -122,24 +127,43 @@ def check_live(notebook: NotebookPage, live: LiveCheck, context: dict[str, Any],
     status = session.status()
     # Run All ends with close_all(), so the lesson's own run has stopped: start it again, as the lesson says.
     assert status["state"] in ("idle", "stopped", "finished"), f"after Run All the session is {status}"
-    if live.pace is not None:
-        step(f"live: pace {live.pace:g}")
-        notebook.set_slider(session.root.locator(".payflow-pace"), live.pace)
+    pace = live.pace if live.pace is not None else TEST_PACE
+    step(f"live: pace {pace:g}")
+    notebook.set_slider(session.root.locator(".payflow-pace"), pace)
     step("live: start")
     session.press("start")
-    session.wait_state(("running",), timeout_s=15)
-    samples = [session.wait_clock()]
+    session.wait_state(("running",), timeout_s=STATE_LIMIT_S)
+    samples = [session.wait_clock(timeout_s=STATE_LIMIT_S)]
     _status, _sample, first = session.read()
-    time.sleep(GROWTH_INTERVAL_S)
-    _status, sample, second = session.read()
+    deadline = time.monotonic() + STATE_LIMIT_S
+    while True:  # wait on story time, not on a real-time interval
+        status, sample, second = session.read()
+        if sample.clock >= samples[0].clock + GROWTH_STORY_S and second:
+            break
+        assert status["state"] == "running", f"the run ended {GROWTH_STORY_S:g} story s after Start: {status}"
+        assert time.monotonic() < deadline, f"story time did not advance {GROWTH_STORY_S:g} s in {STATE_LIMIT_S:g} s"
+        time.sleep(POLL_S)
     samples.append(sample)
     check_growth(first, second, samples[0].clock, sample.clock)
     check_fault(session, live.fault, samples, context, step)
     step("live: stop")
     if session.status()["state"] in ("running", "paused"):  # a short run may have finished by itself
         session.press("stop")
-    status = session.wait_state(("stopped", "finished"), timeout_s=30)
+    status = session.wait_state(("stopped", "finished"), timeout_s=STATE_LIMIT_S)
     assert status["error"] == "false", f"the session reports an error after Stop: {status['text']}"
+
+
+def wait_for_clock_to_hold(session: SessionView) -> float:
+    """After Pause: the story time the readout settles on (the rows before the halt arrive first)."""
+    deadline = time.monotonic() + STATE_LIMIT_S
+    last = session.readout().clock
+    while True:
+        time.sleep(0.5)
+        now = session.readout().clock
+        if now == last:
+            return now
+        assert time.monotonic() < deadline, f"the story clock did not stop within {STATE_LIMIT_S:g} s of Pause"
+        last = now
 
 
 def check_growth(first: dict[str, Trace], second: dict[str, Trace], clock_1: float, clock_2: float) -> None:
@@ -169,7 +193,10 @@ def check_fault(session: SessionView, fault: FaultCheck, samples: list[Sample], 
     step(f"live: baseline done at story time {samples[-1].clock:g}")
     if fault.pause:
         session.press("pause")
-        session.wait_state(("paused",), timeout_s=15)
+        session.wait_state(("paused",), timeout_s=STATE_LIMIT_S)
+        held = wait_for_clock_to_hold(session)
+        time.sleep(1.0)
+        assert session.readout().clock == held, "the story clock moved again while paused"
     before = session.traces()
     for action in fault.actions:
         session.perform(action)
@@ -177,7 +204,7 @@ def check_fault(session: SessionView, fault: FaultCheck, samples: list[Sample], 
     samples.append(session.readout())
     if fault.pause:
         session.press("pause")  # the same button, labelled Resume while paused
-        session.wait_state(("running",), timeout_s=15)
+        session.wait_state(("running",), timeout_s=STATE_LIMIT_S)
     seen = Observed(fault_at=samples[-1].clock, settle_s=fault.settle_s, samples=samples, traces=before,
                     before=before, until=fault.met_by_seconds)
     step(f"live: fault on at story time {seen.fault_at:g}")
