@@ -527,6 +527,12 @@ class LiveRun:
         return recorder.latencies if recorder is not None else ()
 
     @property
+    def events(self) -> list[tuple[float, int, str, str]]:
+        """The run's event log so far: (story seconds, serial, kind, what), in the order logged."""
+        recorder = self.simulation.recorder
+        return recorder.events if recorder is not None else []
+
+    @property
     def pace_ratio(self) -> float | None:
         """Pace achieved over pace asked, lately (``None`` until measured or when unpaced)."""
         return self.controls.pace_ratio

@@ -347,6 +347,23 @@ class TestDashboard:
         assert dash.finished and len(trace.x) == MAX_POINTS + 1
         assert trace.x[0] == story_x(series["clock"][0]) and trace.x[-1] == story_x(series["clock"][-1])
 
+    def test_events_are_marked_as_they_happen_and_only_within_the_window(self):
+        dash = Dashboard(window_minutes=1)
+        series = fake_series(30)
+        events = [(50_405.0, 1, "scripted", "traffic x10: the sale starts"),
+                  (50_420.0, 2, "observed", "the pool is exhausted")]
+        dash.update(series, events=events, force=True)
+        assert [s.line.dash for s in dash.figure.layout.shapes] == ["dash", "dot"]
+        labels = [a.text for a in dash.figure.layout.annotations if a.hovertext]
+        assert labels == ["traffic x10", "the pool is exhausted"]
+        assert {t.meta for t in dash.figure.data if str(t.meta).startswith("event:")} == {"event:scripted",
+                                                                                         "event:observed"}
+        grow(series, fake_series(40, start=50_430.0))  # the first event scrolls out of the one-minute window
+        dash.update(series, events=events, force=True)
+        assert len(dash.figure.layout.shapes) == 1
+        dash.finish(series, events=events)  # the whole run: every event again
+        assert len(dash.figure.layout.shapes) == 2
+
     def test_memory_off_says_so_instead_of_a_flat_zero(self):
         dash = Dashboard(memory=False)
         dash.update(fake_series(10, memory_bytes=[0] * 10), force=True)

@@ -44,8 +44,9 @@ import plotly.graph_objects as go
 
 from ..domain import ValidationError
 from ..metrics import hhmmss
-from .plots import (BASE_PANELS, MAX_POINTS, RollingPercentiles, display_value, expand_columns, make_layout,
-                    normalise_panels, note_memory_off, panel_axes, panel_legend, story_x, thin, trace_style)
+from .plots import (BASE_PANELS, MAX_POINTS, RollingPercentiles, display_value, event_legend, event_marks,
+                    expand_columns, make_layout, normalise_panels, note_memory_off, panel_axes, panel_legend,
+                    story_x, thin, trace_style)
 
 __all__ = ["Dashboard", "MAX_UPDATES_PER_S", "READOUT_METRICS", "SEND_SHARE"]
 
@@ -122,6 +123,7 @@ class Dashboard:
         if not self.memory:
             note_memory_off(layout)
         self.figure = go.FigureWidget(layout)
+        self._base_annotations = tuple(self.figure.layout.annotations)  # panel titles, the memory note
         self.figure.add_class("payflow-dashboard")
         self.readout = widgets.HTML()
         self.readout.add_class("payflow-readout")
@@ -141,6 +143,8 @@ class Dashboard:
         self._dirty = False
         self._next_send = 0.0
         self.send_seconds = 0.0
+        self._events: list[tuple[float, str, str]] = []  # (story seconds, kind, what)
+        self._event_kinds: list[str] = []
         self._columns: dict[str, deque[float | None]] = {}
         self._trace_of: dict[str, int] = {}
         self.totals: dict[str, Any] = {key: None for key, _ in READOUT_METRICS}
@@ -151,6 +155,8 @@ class Dashboard:
         self._reset_state()
         with self.figure.batch_update():
             self.figure.data = ()
+            self.figure.layout.shapes = ()
+            self.figure.layout.annotations = self._base_annotations
             if title is not None:
                 self.figure.layout.title.text = title
             self.figure.layout.xaxis.autorange = True
@@ -167,12 +173,13 @@ class Dashboard:
 
     # --------------------------------------------------------------- update
     def update(self, series: Mapping[str, Sequence[Any]], latencies: Sequence[float] | None = None, *,
-               force: bool = False) -> int:
+               events: Sequence[tuple[float, int, str, str]] | None = None, force: bool = False) -> int:
         """Take in the rows of ``series`` not seen yet; send them if an update is due. Return how many.
 
         ``series`` is a live run's ``series`` (or a finished run's) and
         ``latencies`` its completed latencies (``LiveRun.latencies``); without
-        them latency is drawn per second. The figure is sent at most
+        them latency is drawn per second. ``events`` is the run's growing
+        event log (``Recorder.events``): each new one is marked on the figure. The figure is sent at most
         :data:`MAX_UPDATES_PER_S` times a second (``force``: now, if anything
         changed). Calling it again without new rows costs nothing and sends
         nothing.
@@ -199,6 +206,10 @@ class Dashboard:
                     values.append(display_value(column, source[i]))
             self._update_totals(series, new)
             self.rows_seen = total
+        if events is not None and len(events) > len(self._events):
+            for at, _serial, kind, what in list(events[len(self._events):]):
+                self._events.append((at, kind, what))
+            self._dirty = True
         if new or added:
             self._dirty = True
         if self._dirty and (force or self._clock() >= self._next_send):
@@ -221,9 +232,10 @@ class Dashboard:
         self._latencies_seen = start
         return {"p50_ms": p50, "p99_ms": p99}
 
-    def finish(self, series: Mapping[str, Sequence[Any]], latencies: Sequence[float] | None = None) -> None:
+    def finish(self, series: Mapping[str, Sequence[Any]], latencies: Sequence[float] | None = None,
+               events: Sequence[tuple[float, int, str, str]] | None = None) -> None:
         """The run has ended: draw all of it, from its first second to its last, and send it now."""
-        self.update(series, latencies, force=True)
+        self.update(series, latencies, events=events, force=True)
         full = {name: list(values) for name, values in series.items() if name in self._trace_of or name == "clock"}
         if latencies is not None and "completed" in series:
             from .plots import rolling_latency
@@ -236,6 +248,7 @@ class Dashboard:
                 trace = self.figure.data[index]
                 trace.x = x
                 trace.y = [display_value(column, v) for v in full[column]]
+            self._draw_events(x[0] if x else None)
             self.figure.layout.xaxis.autorange = True
         self.finished = True
         self.updates_sent += 1
@@ -269,12 +282,29 @@ class Dashboard:
                 trace = self.figure.data[index]
                 trace.x = x
                 trace.y = list(self._columns[column])
+            self._draw_events(x[0] if x else None)
         self.updates_sent += 1
         self._dirty = False
         self._render_readout()
         spent = self._clock() - started
         self.send_seconds += spent
         self._next_send = started + max(1.0 / MAX_UPDATES_PER_S, spent / SEND_SHARE)
+
+    def _draw_events(self, since: str | None) -> None:
+        """Mark the events from ``since`` (the window's first x) on: older ones would stretch the axis."""
+        shapes, labels = [], []
+        for number, (at, kind, what) in enumerate(self._events):
+            x = story_x(at)
+            if since is None or x < since:
+                continue
+            shape, label = event_marks(x, what, kind, number, when=story_x(at)[11:])
+            shapes.append(shape)
+            labels.append(label)
+            if kind not in self._event_kinds:
+                self._event_kinds.append(kind)
+                self.figure.add_trace(event_legend(kind))
+        self.figure.layout.shapes = shapes
+        self.figure.layout.annotations = (*self._base_annotations, *labels)
 
     def set_pace_ratio(self, ratio: float | None) -> None:
         """Show how much of the pace asked the machine keeps (the readout says so when it is behind)."""

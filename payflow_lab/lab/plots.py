@@ -51,6 +51,8 @@ __all__ = [
     "RollingPercentiles",
     "describe_figure",
     "display_value",
+    "event_legend",
+    "event_marks",
     "expand_columns",
     "label",
     "latency_figure",
@@ -423,25 +425,43 @@ def _short(what: str, limit: int = 28) -> str:
     return text if len(text) <= limit else text[: limit - 1].rstrip() + "…"
 
 
+def event_marks(at: str, what: str, kind: str, number: int, *, when: str = "") -> tuple[dict[str, Any], dict[str, Any]]:
+    """The vertical line and the label of one story event at ``at`` (a :func:`story_x` value).
+
+    Each kind has its own colour *and* line style (:data:`EVENT_STYLES`);
+    labels alternate between two heights so that events close in time stay
+    legible, and the whole sentence is the label's hover text.
+    """
+    colour, dash, _name = EVENT_STYLES.get(kind, EVENT_STYLES["scripted"])
+    shape = {"type": "line", "x0": at, "x1": at, "xref": "x", "y0": 0, "y1": 1, "yref": "paper",
+             "line": {"color": colour, "dash": dash, "width": 1}, "opacity": 0.7}
+    label = {"x": at, "xref": "x", "y": 1.0 if number % 2 == 0 else 0.97, "yref": "paper", "yanchor": "bottom",
+             "text": _short(what), "showarrow": False, "xanchor": "left", "font": {"size": 10, "color": colour},
+             "hovertext": f"{when} {what}".strip()}
+    return shape, label
+
+
+def event_legend(kind: str) -> go.Scatter:
+    """A legend entry saying what one kind of event line means (an empty trace: it draws nothing)."""
+    colour, dash, name = EVENT_STYLES.get(kind, EVENT_STYLES["scripted"])
+    return go.Scatter(x=[None], y=[None], mode="lines", name=name, meta=f"event:{kind}",
+                      line={"color": colour, "dash": dash, "width": 1}, hoverinfo="skip", xaxis="x", yaxis="y",
+                      legend="legend")
+
+
 def _add_events(fig: go.Figure, events: Sequence[Mapping[str, str]], series: Mapping[str, list[Any]]) -> None:
     day = _day_offset(series)
-    seen_kinds: set[str] = set()
+    seen_kinds: list[str] = []
     for number, event in enumerate(events):
         hh, mm, ss = (int(part) for part in event["at"].split(":"))
-        at = story_x(day + hh * 3600 + mm * 60 + ss)
         kind = event.get("kind", "scripted")
-        colour, dash, name = EVENT_STYLES.get(kind, EVENT_STYLES["scripted"])
-        fig.add_shape(type="line", x0=at, x1=at, xref="x", y0=0, y1=1, yref="paper",
-                      line={"color": colour, "dash": dash, "width": 1}, opacity=0.7)
-        # Labels alternate between two heights so that events close in time stay legible.
-        fig.add_annotation(x=at, xref="x", y=1.0 if number % 2 == 0 else 0.97, yref="paper", yanchor="bottom",
-                           text=_short(event["what"]), showarrow=False, textangle=0, xanchor="left",
-                           font={"size": 10, "color": colour}, hovertext=f"{event['at']} {event['what']}")
+        shape, label = event_marks(story_x(day + hh * 3600 + mm * 60 + ss), event["what"], kind, number,
+                                   when=event["at"])
+        fig.add_shape(**shape)
+        fig.add_annotation(**label)
         if kind not in seen_kinds:  # one legend entry per kind: the line style's meaning, in words
-            seen_kinds.add(kind)
-            fig.add_trace(go.Scatter(x=[None], y=[None], mode="lines", name=name, meta=f"event:{kind}",
-                                     line={"color": colour, "dash": dash, "width": 1}, hoverinfo="skip",
-                                     xaxis="x", yaxis="y", legend="legend"))
+            seen_kinds.append(kind)
+            fig.add_trace(event_legend(kind))
 
 
 def _day_offset(series: Mapping[str, list[Any]]) -> float:

@@ -309,7 +309,7 @@ class LiveSession:
         if live is None or self.state not in LIVE_STATES:
             return False
         # Once the clock has stopped, the last rows go out at once: a paused dashboard shows where it stopped.
-        self.dashboard.update(live.series, live.latencies, force=live.controls.halted)
+        self.dashboard.update(live.series, live.latencies, events=live.events, force=live.controls.halted)
         self._sync_plan(live)
         if live.running:
             controls = live.controls
@@ -345,12 +345,12 @@ class LiveSession:
         except Exception as exc:
             self.error = exc
             self.dashboard.set_pace_ratio(None)
-            self.dashboard.update(live.series, live.latencies, force=True)
+            self.dashboard.update(live.series, live.latencies, events=live.events, force=True)
             self._set_state("failed", f"the run failed: {_describe(exc)}")
             return
         self.result = result
         self.dashboard.set_pace_ratio(None)
-        self.dashboard.finish(live.series, live.latencies)
+        self.dashboard.finish(live.series, live.latencies, live.events)
         self._sync_plan(live)
         self._set_state("stopped" if self._stop_requested else "finished", self._ending(result))
 

@@ -69,7 +69,7 @@ _TRACES_JS = """(root) => {
   const day = Date.parse('2026-11-27T00:00:00Z');
   const ms = (x) => typeof x === 'string' ? Date.parse(x.replace(' ', 'T') + 'Z') - day : x;
   const out = {};
-  for (const t of g.data) if (t.meta) out[t.meta] = [Array.from(t.x || []).map(ms), Array.from(t.y || [])];
+  for (const t of g.data) if (t.meta && !String(t.meta).startsWith('event:')) out[t.meta] = [Array.from(t.x || []).map(ms), Array.from(t.y || [])];
   return out;
 }"""
 
