@@ -413,13 +413,22 @@ def render_png(figures: list[dict[str, Any]]) -> list[bytes]:
     import kaleido
 
     os.environ["BROWSER_PATH"] = chromium()  # choreographer's way of being told which browser to drive
-    kaleido.start_sync_server(mathjax=False, silence_warnings=True)  # no MathJax: it would come from a CDN
+
+    def draw() -> list[bytes]:
+        kaleido.start_sync_server(mathjax=False, silence_warnings=True)  # no MathJax: it would come from a CDN
+        try:
+            return [recompress_png(kaleido.calc_fig_sync(figure, opts={
+                        "format": "png", "width": STATIC_WIDTH, "scale": 1,
+                        "height": figure.get("layout", {}).get("height", 450)})) for figure in figures]
+        finally:
+            kaleido.stop_sync_server(silence_warnings=True)
+
     try:
-        return [recompress_png(kaleido.calc_fig_sync(figure, opts={
-                    "format": "png", "width": STATIC_WIDTH, "scale": 1,
-                    "height": figure.get("layout", {}).get("height", 450)})) for figure in figures]
-    finally:
-        kaleido.stop_sync_server(silence_warnings=True)
+        return draw()
+    except Exception as exc:  # kaleido's tab sometimes runs before its script loaded, on a busy machine: once more
+        if "kaleido_scopes is not defined" not in str(exc):
+            raise
+        return draw()
 
 
 def add_static_images(nb: Any, *, redraw: bool = False) -> int:
