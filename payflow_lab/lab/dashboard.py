@@ -44,7 +44,8 @@ import plotly.graph_objects as go
 
 from ..domain import ValidationError
 from ..metrics import hhmmss
-from .plots import (BASE_PANELS, MAX_POINTS, RollingPercentiles, display_value, event_legend, event_marks,
+from .plots import (BASE_PANELS, LABEL_GAP, MAX_POINTS, RollingPercentiles, display_value, event_legend,
+                    event_marks, spaced,
                     expand_columns, make_layout, normalise_panels, note_memory_off, panel_axes, panel_legend,
                     story_x, thin, trace_style)
 
@@ -243,6 +244,7 @@ class Dashboard:
             full["p50_ms"], full["p99_ms"] = rolling_latency(series["completed"], latencies)
         full = thin(full, MAX_POINTS)
         x = [story_x(c) for c in full["clock"]]
+        self.finished = True
         with self.figure.batch_update():
             for column, index in self._trace_of.items():
                 trace = self.figure.data[index]
@@ -250,7 +252,6 @@ class Dashboard:
                 trace.y = [display_value(column, v) for v in full[column]]
             self._draw_events(x[0] if x else None)
             self.figure.layout.xaxis.autorange = True
-        self.finished = True
         self.updates_sent += 1
         self._dirty = False
         self._render_readout()
@@ -293,13 +294,15 @@ class Dashboard:
     def _draw_events(self, since: str | None) -> None:
         """Mark the events from ``since`` (the window's first x) on: older ones would stretch the axis."""
         shapes, labels = [], []
-        for number, (at, kind, what) in enumerate(self._events):
-            x = story_x(at)
-            if since is None or x < since:
-                continue
-            shape, label = event_marks(x, what, kind, number, when=story_x(at)[11:])
+        shown = [(at, kind, what) for at, kind, what in self._events if since is not None and story_x(at) >= since]
+        span = self.window_minutes * 60 if not self.finished else max(
+            (shown[-1][0] - shown[0][0]) if shown else 1.0, 1.0)
+        times = [at for at, _kind, _what in shown]
+        for (at, kind, what), labelled in zip(shown, spaced(times, LABEL_GAP * span)):
+            shape, label = event_marks(story_x(at), what, kind, labelled=labelled, when=story_x(at)[11:])
             shapes.append(shape)
-            labels.append(label)
+            if label is not None:
+                labels.append(label)
             if kind not in self._event_kinds:
                 self._event_kinds.append(kind)
                 self.figure.add_trace(event_legend(kind))

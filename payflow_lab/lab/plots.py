@@ -53,6 +53,7 @@ __all__ = [
     "display_value",
     "event_legend",
     "event_marks",
+    "spaced",
     "expand_columns",
     "label",
     "latency_figure",
@@ -293,7 +294,7 @@ def make_layout(panels: Mapping[str, Sequence[str]], *, title: str = "", height:
         template="plotly_white",
         colorway=list(PALETTE),
         height=height or 150 + 200 * rows,
-        margin={"l": 70, "r": 200, "t": 80, "b": 40},
+        margin={"l": 70, "r": 200, "t": 105, "b": 40},
         title={"text": title, "x": 0.01, "font": {"size": 15}},
         hovermode="x unified",
         uirevision="payflow",  # keep the learner's zoom across updates
@@ -425,20 +426,38 @@ def _short(what: str, limit: int = 28) -> str:
     return text if len(text) <= limit else text[: limit - 1].rstrip() + "…"
 
 
-def event_marks(at: str, what: str, kind: str, number: int, *, when: str = "") -> tuple[dict[str, Any], dict[str, Any]]:
-    """The vertical line and the label of one story event at ``at`` (a :func:`story_x` value).
+def event_marks(at: str, what: str, kind: str, *, labelled: bool = True,
+                when: str = "") -> tuple[dict[str, Any], dict[str, Any] | None]:
+    """The vertical line of one story event at ``at`` (a :func:`story_x` value), and its label.
 
-    Each kind has its own colour *and* line style (:data:`EVENT_STYLES`);
-    labels alternate between two heights so that events close in time stay
-    legible, and the whole sentence is the label's hover text.
+    Each kind has its own colour *and* line style (:data:`EVENT_STYLES`). The
+    label is short and upright along the line, at the top of the latency
+    panel, so that events a minute apart stay legible; the whole sentence is
+    its hover text. ``labelled=False`` (an event too close to the previous
+    label, see :func:`spaced`) draws the line alone.
     """
     colour, dash, _name = EVENT_STYLES.get(kind, EVENT_STYLES["scripted"])
     shape = {"type": "line", "x0": at, "x1": at, "xref": "x", "y0": 0, "y1": 1, "yref": "paper",
              "line": {"color": colour, "dash": dash, "width": 1}, "opacity": 0.7}
-    label = {"x": at, "xref": "x", "y": 1.0 if number % 2 == 0 else 0.97, "yref": "paper", "yanchor": "bottom",
-             "text": _short(what), "showarrow": False, "xanchor": "left", "font": {"size": 10, "color": colour},
+    if not labelled:
+        return shape, None
+    label = {"x": at, "xref": "x", "y": 0.98, "yref": "y domain", "yanchor": "top", "xanchor": "left",
+             "textangle": -90, "text": _short(what), "showarrow": False, "xshift": 1,
+             "font": {"size": 9, "color": colour}, "bgcolor": "rgba(255,255,255,0.7)",
              "hovertext": f"{when} {what}".strip()}
     return shape, label
+
+
+def spaced(times: Sequence[float], min_gap: float) -> list[bool]:
+    """Which of ``times`` (sorted or not) get a label: each at least ``min_gap`` after the last labelled one."""
+    out: list[bool] = []
+    last = -math.inf
+    for at in times:
+        keep = at - last >= min_gap
+        out.append(keep)
+        if keep:
+            last = at
+    return out
 
 
 def event_legend(kind: str) -> go.Scatter:
@@ -449,16 +468,25 @@ def event_legend(kind: str) -> go.Scatter:
                       legend="legend")
 
 
+#: The least gap between two event labels, as a share of the figure's time span (upright 9-pt labels).
+LABEL_GAP = 0.015
+
+
 def _add_events(fig: go.Figure, events: Sequence[Mapping[str, str]], series: Mapping[str, list[Any]]) -> None:
     day = _day_offset(series)
     seen_kinds: list[str] = []
-    for number, event in enumerate(events):
+    clock = series.get("clock") or [0.0]
+    times = []
+    for event in events:
         hh, mm, ss = (int(part) for part in event["at"].split(":"))
+        times.append(day + hh * 3600 + mm * 60 + ss)
+    span = max(clock[-1] - clock[0], 1.0)
+    for event, at, labelled in zip(events, times, spaced(times, LABEL_GAP * span)):
         kind = event.get("kind", "scripted")
-        shape, label = event_marks(story_x(day + hh * 3600 + mm * 60 + ss), event["what"], kind, number,
-                                   when=event["at"])
+        shape, label = event_marks(story_x(at), event["what"], kind, labelled=labelled, when=event["at"])
         fig.add_shape(**shape)
-        fig.add_annotation(**label)
+        if label is not None:
+            fig.add_annotation(**label)
         if kind not in seen_kinds:  # one legend entry per kind: the line style's meaning, in words
             seen_kinds.append(kind)
             fig.add_trace(event_legend(kind))
