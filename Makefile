@@ -13,6 +13,8 @@ BIN      := $(VENV)/bin
 LAB_STAMP := $(VENV)/.payflow-lab
 STAMP    := $(VENV)/.payflow-installed
 PORT     ?= 8888
+# pytest-xdist workers for the unit tests: one per core
+TEST_WORKERS ?= auto
 LAB_ARGS ?=
 # What the editable install is made of: a change to any of these reinstalls.
 SETUP_FILES := pyproject.toml hatch_build.py $(shell find jupyter-config -type f -name '*.json' 2>/dev/null)
@@ -49,8 +51,13 @@ $(STAMP): $(SETUP_FILES) | $(BIN)/python
 lab: $(LAB_STAMP)
 	$(BIN)/jupyter lab --notebook-dir=lessons --LabApp.extension_manager=readonly $(ALLOW_ROOT) --port=$(PORT) $(LAB_ARGS) lessons/00_start_here.ipynb
 
+# Three parts, each failing the make: the unit and CLI tests on every core (pytest-xdist, one file per
+# worker so a file's fixtures stay together), then the lessons under nbval and the browser tests, one at
+# a time (each starts kernels and servers of its own).
 test: $(STAMP) chromium
-	$(BIN)/python -m pytest tests lessons --nbval-lax --nbval-current-env --nbval-sanitize-with lessons/sanitize.cfg
+	$(BIN)/python -m pytest tests --ignore=tests/browser -n $(TEST_WORKERS) --dist loadfile
+	$(BIN)/python -m pytest lessons --nbval-lax --nbval-current-env --nbval-sanitize-with lessons/sanitize.cfg
+	$(BIN)/python -m pytest tests/browser
 
 test-fast: $(STAMP)
 	$(BIN)/python -m pytest tests --ignore=tests/browser -x -q

@@ -258,7 +258,8 @@ class TestReadablePlots:
         assert traces["p50_ms"].line.color in PALETTE and traces["p99_ms"].line.color in PALETTE
         assert traces["p50_ms"].line.color != traces["p99_ms"].line.color
         assert list(fig.layout.colorway) == list(PALETTE)
-        assert fig.layout.xaxis.type == "date" and fig.layout.xaxis.tickformat == "%H:%M"
+        assert fig.layout.xaxis.type == "date"
+        assert [stop.value for stop in fig.layout.xaxis.tickformatstops] == ["%H:%M:%S", "%H:%M"]
         assert traces["p50_ms"].x[0].startswith("2026-11-27 ")
 
     def test_events_have_labels_and_a_line_style_per_kind(self):

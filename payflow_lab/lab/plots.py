@@ -80,6 +80,13 @@ BASE_PANELS: dict[str, tuple[str, ...]] = {
 #: The story's day: Black Friday. Story time is seconds since its midnight.
 STORY_DAY = _dt.datetime(2026, 11, 27)
 
+#: Story-time tick labels: hours and minutes, with seconds when ticks are less than a minute apart
+#: (the first seconds of a live run, or a learner zoomed in).
+STORY_TICKS: list[dict[str, Any]] = [
+    {"dtickrange": [None, 60_000], "value": "%H:%M:%S"},
+    {"dtickrange": [60_000, None], "value": "%H:%M"},
+]
+
 #: Okabe & Ito's colour-blind-safe palette (2008), most distinct first.
 PALETTE: tuple[str, ...] = ("#0072B2", "#D55E00", "#009E73", "#CC79A7", "#E69F00", "#56B4E9", "#000000",
                             "#F0E442")
@@ -306,7 +313,7 @@ def make_layout(panels: Mapping[str, Sequence[str]], *, title: str = "", height:
         fig.update_layout({panel_legend(row): {
             "orientation": "v", "x": 1.01, "xanchor": "left", "y": yaxis.domain[1], "yanchor": "top",
             "bgcolor": "rgba(255,255,255,0)", "font": {"size": 11}}})
-    fig.update_xaxes(type="date", tickformat="%H:%M", hoverformat="%H:%M:%S", showticklabels=True)
+    fig.update_xaxes(type="date", tickformatstops=STORY_TICKS, hoverformat="%H:%M:%S", showticklabels=True)
     fig.update_xaxes(title_text="story time (Black Friday)", row=rows, col=1)
     fig.update_yaxes(row=1, col=1, **_latency_axis())
     for row in range(2, rows + 1):
@@ -546,7 +553,7 @@ def latency_figure(result: Any, *, title: str | None = None, max_points: int = M
                       title={"text": title or (f"payment latency (s): p50 and p99 of the last {ROLLING_S} s"
                                              if rolling else "payment latency (s) per second"), "x": 0.01, "font": {"size": 15}},
                       hovermode="x unified", legend={"orientation": "h", "y": -0.2})
-    fig.update_xaxes(type="date", tickformat="%H:%M", hoverformat="%H:%M:%S")
+    fig.update_xaxes(type="date", tickformatstops=STORY_TICKS, hoverformat="%H:%M:%S")
     fig.update_yaxes(**_latency_axis())
     x = [story_x(c) for c in series["clock"]]
     for column in ("p50_ms", "p99_ms"):
