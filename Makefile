@@ -51,12 +51,12 @@ $(STAMP): $(SETUP_FILES) | $(BIN)/python
 lab: $(LAB_STAMP)
 	$(BIN)/jupyter lab --notebook-dir=lessons --LabApp.extension_manager=readonly $(ALLOW_ROOT) --port=$(PORT) $(LAB_ARGS) lessons/00_start_here.ipynb
 
-# Three parts, each failing the make: the unit and CLI tests on every core (pytest-xdist, one file per
-# worker so a file's fixtures stay together), then the lessons under nbval and the browser tests, one at
-# a time (each starts kernels and servers of its own).
+# Two parts, each failing the make: the unit and CLI tests and the lessons under nbval on every core
+# (pytest-xdist, one file or notebook per worker at a time, so a file's fixtures stay together), then the
+# browser tests, one lesson at a time (each drives a JupyterLab server and Chromium of its own).
 test: $(STAMP) chromium
-	$(BIN)/python -m pytest tests --ignore=tests/browser -n $(TEST_WORKERS) --dist loadfile
-	$(BIN)/python -m pytest lessons --nbval-lax --nbval-current-env --nbval-sanitize-with lessons/sanitize.cfg
+	$(BIN)/python -m pytest tests lessons --ignore=tests/browser -n $(TEST_WORKERS) --dist loadfile \
+		--nbval-lax --nbval-current-env --nbval-sanitize-with lessons/sanitize.cfg
 	$(BIN)/python -m pytest tests/browser
 
 test-fast: $(STAMP)
