@@ -161,7 +161,7 @@ def test_the_http_transport_tells_failures_from_rejections(served: dict[str, Rec
     started = time.monotonic()
     with pytest.raises(DeliveryFailed, match="timeout"):
         anyio.run(send, only_shop, event(303), HttpLimits(read_timeout=0.3))
-    assert time.monotonic() - started < 3
+    assert time.monotonic() - started < 30  # the 0.3 s read timeout, not the hang (a loose net for busy machines)
     shop.set_mode("up")
     closed = Routes([Endpoint("http://127.0.0.1:9/", shop.secret)], {})  # nothing listens on port 9
     with pytest.raises(DeliveryFailed, match="ConnectError"):
