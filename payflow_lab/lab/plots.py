@@ -429,7 +429,10 @@ def note_memory_off(fig: go.Figure) -> None:
 
 def _short(what: str, limit: int = 28) -> str:
     """An event's label on the figure: its first clause, cut to ``limit`` characters."""
-    text = what.split(":")[0].split(";")[0].strip()
+    if what.startswith("control: "):  # a widget change: what changed is the label
+        text = what[len("control: "):].replace("'", "").strip()
+    else:
+        text = what.split(":")[0].split(";")[0].strip()
     return text if len(text) <= limit else text[: limit - 1].rstrip() + "…"
 
 

@@ -89,6 +89,10 @@ def test_lesson_in_the_browser(name: str, request: pytest.FixtureRequest, eviden
             check_demo(notebook, lesson.demo)
         if lesson.live is not None:
             check_live(notebook, lesson.live, context, step)
+            view = notebook.session(lesson.live.session)
+            check_continuous(view.traces())
+            evidence_dir.mkdir(parents=True, exist_ok=True)  # the run as drawn at its end: evidence, pass or fail
+            view.root.screenshot(path=str(evidence_dir / "session-after-the-run.png"), timeout=15_000)
         errors = notebook.console_errors()
         assert not errors, "the browser console shows errors:\n" + "\n".join(map(str, errors))
         step("done")
@@ -167,6 +171,18 @@ def wait_for_clock_to_hold(session: SessionView) -> float:
             return now
         assert time.monotonic() < deadline, f"the story clock did not stop within {STATE_LIMIT_S:g} s of Pause"
         last = now
+
+
+def check_continuous(traces: dict[str, Trace]) -> None:
+    """Latency is drawn as lines, not a cloud of dots: at most two unbroken stretches per percentile.
+
+    A rolling percentile breaks only where a whole minute passed without a completed payment (the start of
+    a run, or a pipeline frozen solid), never at every quiet second.
+    """
+    for column in ("p50_ms", "p99_ms"):
+        _x, y = traces.get(column, ([], []))
+        stretches = sum(1 for i, v in enumerate(y) if v is not None and (i == 0 or y[i - 1] is None))
+        assert 1 <= stretches <= 2, f"{column} is drawn in {stretches} pieces: {y[:40]}..."
 
 
 def check_growth(first: dict[str, Trace], second: dict[str, Trace], clock_1: float, clock_2: float) -> None:
