@@ -42,7 +42,7 @@ from .phases import Pipeline, get_phase
 from .scenarios import Scenario, get_scenario
 from .traffic import arrivals
 from .vtime import BACKENDS, run_virtual
-from .world import SCALE_LIMITS, Declined, World
+from .world import SCALE_LIMITS, Declined, World, merchant_count
 
 __all__ = [
     "DEFAULT_BACKEND",
@@ -87,8 +87,13 @@ class RunConfig:
 
     def __post_init__(self) -> None:
         if not isinstance(self.scenario, Scenario):
+            if not isinstance(self.scenario, str):
+                raise ValidationError("scenario", f"must be a scenario name or a Scenario, got {self.scenario!r}")
             get_scenario(self.scenario)
         get_phase(self.phase)
+        for name in ("backend", "memory"):
+            if not isinstance(getattr(self, name), str):
+                raise ValidationError(name, f"must be a string, got {getattr(self, name)!r}")
         if isinstance(self.seed, bool) or not isinstance(self.seed, int) or not 0 <= self.seed < 2**63:
             raise ValidationError("seed", f"must be a whole number from 0 to 2**63 - 1, got {self.seed!r}")
         low, high = SCALE_LIMITS
@@ -104,9 +109,28 @@ class RunConfig:
                                               f"got {self.duration!r}")
         if self.memory not in MemoryProbe.DESCRIPTIONS:
             raise ValidationError("memory", f"must be one of {', '.join(MemoryProbe.DESCRIPTIONS)}, got {self.memory!r}")
-        FaultPlan().apply(self.faults)  # validates without keeping anything
-        if not isinstance(self.drain_seconds, (int, float)) or not 0 <= self.drain_seconds <= 3600:
+        if not isinstance(self.faults, Mapping):
+            raise ValidationError("faults", f"must be a mapping of fault settings, got {self.faults!r}")
+        try:
+            FaultPlan().apply(self.faults)  # validates without keeping anything
+        except TypeError as exc:  # an unhashable or oddly typed value deep inside
+            raise ValidationError("faults", f"malformed fault settings: {exc}") from None
+        self._check_merchants()
+        if (isinstance(self.drain_seconds, bool) or not isinstance(self.drain_seconds, (int, float))
+                or not math.isfinite(self.drain_seconds) or not 0 <= self.drain_seconds <= 3600):
             raise ValidationError("drain_seconds", f"must be between 0 and 3600, got {self.drain_seconds!r}")
+
+    def _check_merchants(self) -> None:
+        """Faults for merchants this run's world does not have are refused, naming the merchant."""
+        merchants = self.faults.get("merchants")
+        if not isinstance(merchants, Mapping):
+            return
+        count = merchant_count(self.scale)
+        known = {f"mch_{serial:05d}" for serial in range(1, count + 1)}
+        unknown = sorted(str(m) for m in merchants if m not in known)
+        if unknown:
+            raise ValidationError("faults.merchants", f"unknown merchant {unknown[0]!r}: at scale {self.scale:g} the "
+                                                      f"world has {count} merchants, mch_00001 to mch_{count:05d}")
 
     @property
     def scenario_obj(self) -> Scenario:

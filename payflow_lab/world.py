@@ -65,6 +65,12 @@ def _lognormal(rng: random.Random, dist: cal.Distribution) -> float:
     return rng.lognormvariate(dist.mu, dist.sigma)
 
 
+def merchant_count(scale: float) -> int:
+    """How many merchants a world of ``scale`` has (``mch_00001`` to ``mch_<count>``), without building it."""
+    return sum(max(1, round(cal.MERCHANTS * scale * cal.TIERS[tier].merchant_share))
+               for tier in (Tier.ENTERPRISE, Tier.PREMIUM, Tier.STANDARD))
+
+
 class World:
     """Merchants, services, the DB pool and the fault plan of one run.
 

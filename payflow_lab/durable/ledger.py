@@ -28,7 +28,7 @@ from typing import Any
 
 from ..domain import Payment
 from .errors import NotAnOutbox, SchemaVersionError
-from .schema import MEMORY, _translate, transaction
+from .schema import MEMORY, _translate, refuse_foreign, transaction
 
 __all__ = ["LEDGER_APPLICATION_ID", "ReceiverLedger"]
 
@@ -43,6 +43,7 @@ class ReceiverLedger:
     def __init__(self, path: str | os.PathLike[str] = MEMORY, *, busy_timeout: float = 5.0) -> None:
         self.path = str(path)
         self._lock = threading.Lock()
+        refuse_foreign(self.path, LEDGER_APPLICATION_ID, "payflow-lab receiver ledger")
         db = sqlite3.connect(self.path, timeout=busy_timeout, isolation_level=None, check_same_thread=False)
         try:
             if self.path != MEMORY:
@@ -51,7 +52,7 @@ class ReceiverLedger:
             with transaction(db, self.path):
                 app = int(db.execute("PRAGMA application_id").fetchone()[0])
                 version = int(db.execute("PRAGMA user_version").fetchone()[0])
-                if app == 0 and version == 0:
+                if app == 0 and version == 0:  # new (refuse_foreign let only an empty database through)
                     db.execute("CREATE TABLE effects (event_id TEXT PRIMARY KEY, kind TEXT NOT NULL, "
                                "payment_id TEXT NOT NULL, merchant_id TEXT NOT NULL, amount_cents INTEGER NOT NULL, "
                                "applied_at REAL NOT NULL)")

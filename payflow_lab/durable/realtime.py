@@ -139,23 +139,29 @@ async def run_realtime(config: RealtimeConfig) -> dict[str, Any]:
         os.unlink(db)  # an empty file is not a database: let SQLite create it
     wall0 = time.perf_counter()
     outbox = Outbox(db, clock=time.time, offload=True)
+    receivers: list[Receiver] = []
     try:
+        # Everything that can refuse the command (the endpoints file, the receivers' ledger files) is checked
+        # before the run is registered: a refusal leaves the outbox as it was.
+        routes: Routes | None = None
+        if config.endpoints is not None:
+            routes = Routes.load(config.endpoints)
+        else:
+            names = [f"merchants-{i + 1}" for i in range(config.receivers)] + ["analytics", "audit"]
+            for name in names:
+                receivers.append(Receiver(name, ledger=ReceiverLedger(_ledger_path(db, name))))
         run_no = outbox.start_run("realtime" if config.duration > 0 else "drain")
         state = _Run(config, outbox, run_no)
+        state.receivers = receivers
         async with anyio.create_task_group() as tg:
-            if config.endpoints is not None:
-                routes = Routes.load(config.endpoints)
-                server = None
-            else:
-                names = [f"merchants-{i + 1}" for i in range(config.receivers)] + ["analytics", "audit"]
-                state.receivers = [Receiver(name, ledger=ReceiverLedger(_ledger_path(db, name))) for name in names]
-                for receiver in state.receivers:
+            server = None
+            if routes is None:
+                for receiver in receivers:
                     receiver.set_mode(ack_delay=config.ack_delay)
-                server = ReceiverServer(state.receivers)
+                server = ReceiverServer(receivers)
                 await tg.start(server.serve)
-                webhook = [r.endpoint for r in state.receivers[:config.receivers]]
-                routes = Routes(webhook, {"analytics": state.receivers[-2].endpoint,
-                                          "audit": state.receivers[-1].endpoint})
+                webhook = [r.endpoint for r in receivers[:config.receivers]]
+                routes = Routes(webhook, {"analytics": receivers[-2].endpoint, "audit": receivers[-1].endpoint})
             summary = await _deliver(state, routes)
             if server is not None:
                 server.stop()
@@ -163,7 +169,7 @@ async def run_realtime(config: RealtimeConfig) -> dict[str, Any]:
         summary["db"] = db
         return summary
     finally:
-        for receiver in getattr(locals().get("state"), "receivers", []):
+        for receiver in receivers:
             receiver.ledger.close()
         outbox.close()
 

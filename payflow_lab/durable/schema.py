@@ -213,6 +213,41 @@ def _migrate(db: sqlite3.Connection, path: str) -> list[int]:
     return passed
 
 
+def refuse_foreign(path: str, application_id: int, what: str) -> None:
+    """Refuse a file that is not ``what`` (an outbox, a receiver ledger) *before* anything writes to it.
+
+    Opening a SQLite file for writing already changes it (switching to WAL
+    journaling, creating tables), so the check reads first, through a
+    read-only connection: a missing or empty file is new and fine; a file
+    that is not SQLite, a database with other tables, or one stamped with
+    another application id is refused with the reason, and left untouched.
+    """
+    if path == MEMORY or not Path(path).is_file() or Path(path).stat().st_size == 0:
+        return
+    try:
+        ro = sqlite3.connect(f"{Path(path).resolve().as_uri()}?mode=ro", uri=True, timeout=5.0)
+    except sqlite3.Error as exc:
+        raise OutboxDatabaseError(path, f"cannot open the file to check it ({exc})") from exc
+    try:
+        app = int(ro.execute("PRAGMA application_id").fetchone()[0])
+        version = int(ro.execute("PRAGMA user_version").fetchone()[0])
+        tables = [row[0] for row in ro.execute(
+            "SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%' ORDER BY name")]
+    except sqlite3.DatabaseError as exc:
+        translated = _translate(exc, path)
+        if translated is exc:
+            raise CorruptDatabase(path, f"is not a SQLite database ({exc}); refusing to touch it") from exc
+        raise translated from exc
+    finally:
+        ro.close()
+    if app == 0 and version == 0 and tables:
+        raise NotAnOutbox(path, f"is a SQLite database with other tables ({', '.join(tables)}), not a "
+                                f"{what}; refusing to touch it")
+    if app not in (0, application_id):
+        raise NotAnOutbox(path, f"has application id {app:#x}, not a {what}'s {application_id:#x}; "
+                                "refusing to touch it")
+
+
 def connect(path: str | os.PathLike[str] = MEMORY, *, busy_timeout: float = 5.0,
             migrate: bool = True) -> sqlite3.Connection:
     """Open (creating if need be) the outbox database at ``path`` and bring it to the current schema.
@@ -233,6 +268,7 @@ def connect(path: str | os.PathLike[str] = MEMORY, *, busy_timeout: float = 5.0,
             raise OutboxDatabaseError(name, f"the directory {str(parent)!r} does not exist")
         if Path(name).is_dir():
             raise OutboxDatabaseError(name, "is a directory, not a database file")
+    refuse_foreign(name, APPLICATION_ID, "payflow-lab outbox")
     try:
         db = sqlite3.connect(name, timeout=busy_timeout, isolation_level=None, check_same_thread=False)
     except sqlite3.Error as exc:

@@ -144,7 +144,10 @@ class Endpoint:
     def __post_init__(self) -> None:
         if not isinstance(self.url, str) or not self.url.startswith(("http://", "https://")):
             raise ValidationError("endpoint.url", f"must be an http(s) URL, got {self.url!r}")
-        WebhookSigner(self.secret)  # a bad secret fails here, not at the first delivery
+        try:
+            WebhookSigner(self.secret)  # a bad secret fails here, not at the first delivery
+        except (TypeError, ValueError) as exc:
+            raise ValidationError("endpoint.secret", f"{exc} (for {self.url})") from None
 
 
 class Routes:
@@ -180,12 +183,22 @@ class Routes:
         """From ``{"webhook": [{"url", "secret"}, ...], "analytics": {...}, "audit": {...}}``."""
         if not isinstance(data, dict) or not isinstance(data.get("webhook"), list):
             raise ValidationError("endpoints", "must be an object with a 'webhook' list of {url, secret}")
+        entries = [(f"webhook[{i}]", item) for i, item in enumerate(data["webhook"])]
+        entries += [(kind, item) for kind, item in data.items() if kind != "webhook"]
+        built: dict[str, Endpoint] = {}
+        for where, item in entries:
+            if not isinstance(item, dict) or set(item) != {"url", "secret"}:
+                raise ValidationError("endpoints", f"{where} needs exactly 'url' and 'secret', got {item!r}")
+            try:
+                built[where] = Endpoint(**item)
+            except ValidationError as exc:
+                raise ValidationError("endpoints", f"{where}: {exc}") from None
+        webhook = [built[where] for where, _ in entries if where.startswith("webhook[")]
+        services = {where: endpoint for where, endpoint in built.items() if not where.startswith("webhook[")}
         try:
-            webhook = [Endpoint(**item) for item in data["webhook"]]
-            services = {kind: Endpoint(**item) for kind, item in data.items() if kind != "webhook"}
-        except TypeError as exc:
-            raise ValidationError("endpoints", f"each endpoint needs exactly 'url' and 'secret': {exc}") from None
-        return cls(webhook, services)
+            return cls(webhook, services)
+        except ValidationError as exc:
+            raise ValidationError("endpoints", str(exc)) from None
 
     @classmethod
     def load(cls, path: str | Path) -> Routes:
