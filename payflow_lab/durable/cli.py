@@ -165,12 +165,12 @@ def _cmd_replay(args: argparse.Namespace) -> int:
     from ..domain import ValidationError
     from .outbox import Outbox
 
+    if args.limit is not None and args.limit < 0:
+        raise ValidationError("limit", f"must not be negative, got {args.limit}")
     if args.db == ":memory:":  # a new, empty database: there is nothing in it to list or replay
         raise ValidationError("db", "replay needs the outbox file a run wrote; ':memory:' would be a new, empty one")
     if not Path(args.db).is_file():
         raise ValidationError("db", f"{args.db}: no such database file")
-    if args.limit is not None and args.limit < 0:
-        raise ValidationError("limit", f"must not be negative, got {args.limit}")
     with Outbox(args.db, clock=time.time) as outbox:
         simulated = _written_by_a_simulation(outbox)
         if simulated is not None:
