@@ -22,12 +22,14 @@ from __future__ import annotations
 import argparse
 import json
 import re
+import sqlite3
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
 from ..cli import EXTENSIONS
+from .errors import DatabaseLocked, DiskFull, ReadOnlyDatabase
 
 __all__ = ["parse_age", "register"]
 
@@ -103,6 +105,41 @@ def register(sub: Any) -> None:
 
 
 # ------------------------------------------------------------------------- realtime
+def as_database_error(exc: sqlite3.Error, db: str | None) -> Exception:
+    """A raw SQLite error as one of the outbox's own, naming the cause (disk full, read-only, locked)."""
+    from .errors import OutboxDatabaseError
+    from .schema import _translate
+
+    path = db or "outbox"
+    translated = _translate(exc, path)
+    return translated if translated is not exc else OutboxDatabaseError(path, f"database error: {exc}")
+
+
+def first_cause(group: BaseExceptionGroup, db: str | None = None) -> BaseException:
+    """The exception to report from a task group's ``ExceptionGroup``.
+
+    The database's own errors come first (disk full, read-only, locked: the
+    cause; the others are usually tasks cancelled because of it), then any
+    other error; a leftover group is returned as it is.
+    """
+    from .errors import OutboxDatabaseError
+
+    leaves: list[BaseException] = []
+    pending: list[BaseException] = [group]
+    while pending:
+        exc = pending.pop(0)
+        if isinstance(exc, BaseExceptionGroup):
+            pending.extend(exc.exceptions)
+        else:
+            leaves.append(exc)
+    leaves = [as_database_error(leaf, db) if isinstance(leaf, sqlite3.Error) else leaf for leaf in leaves]
+    for kinds in ((OutboxDatabaseError,), (Exception,)):
+        for leaf in leaves:
+            if isinstance(leaf, kinds):
+                return leaf
+    return group
+
+
 def _cmd_realtime(args: argparse.Namespace) -> int:
     import anyio
 
@@ -112,7 +149,16 @@ def _cmd_realtime(args: argparse.Namespace) -> int:
                             seed=args.seed, fail_window=None if args.no_fault else tuple(args.fail_window),
                             drain=args.drain, workers=args.workers, endpoints=args.endpoints,
                             ack_delay=args.ack_delay)
-    summary = anyio.run(run_realtime, config)
+    try:
+        try:
+            summary = anyio.run(run_realtime, config)
+        except BaseExceptionGroup as group:  # the task groups' wrapping: report the cause, not the wrapping
+            raise first_cause(group, args.db) from None
+        except sqlite3.Error as exc:
+            raise as_database_error(exc, args.db) from None
+    except (DiskFull, ReadOnlyDatabase, DatabaseLocked) as exc:  # the run could not go on: not a usage error
+        print(f"payflow-lab: error: {exc}", file=sys.stderr)
+        return 1
     if args.json:
         sys.stdout.write(json.dumps(summary, indent=2) + "\n")
     else:

@@ -13,9 +13,11 @@ from ..domain import ValidationError
 __all__ = [
     "CorruptDatabase",
     "DatabaseLocked",
+    "DiskFull",
     "MalformedPayload",
     "NotAnOutbox",
     "OutboxDatabaseError",
+    "ReadOnlyDatabase",
     "SchemaVersionError",
 ]
 
@@ -48,6 +50,14 @@ class CorruptDatabase(OutboxDatabaseError):
 
 class DatabaseLocked(OutboxDatabaseError):
     """Another process holds the write lock for longer than the busy timeout."""
+
+
+class DiskFull(OutboxDatabaseError):
+    """The disk (or SQLite's size limit) is full: a write was refused and its transaction rolled back."""
+
+
+class ReadOnlyDatabase(OutboxDatabaseError):
+    """The database cannot be written: a read-only file, folder or mount."""
 
 
 class MalformedPayload(ValidationError):

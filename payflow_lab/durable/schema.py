@@ -45,7 +45,8 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from .errors import CorruptDatabase, DatabaseLocked, NotAnOutbox, OutboxDatabaseError, SchemaVersionError
+from .errors import (CorruptDatabase, DatabaseLocked, DiskFull, NotAnOutbox, OutboxDatabaseError, ReadOnlyDatabase,
+                     SchemaVersionError)
 
 __all__ = [
     "APPLICATION_ID",
@@ -138,13 +139,21 @@ def transaction(db: sqlite3.Connection, path: str = "database") -> Iterator[sqli
     try:
         yield db
     except BaseException:
-        db.execute("ROLLBACK")
+        _rollback(db)
         raise
     try:
         db.execute("COMMIT")
-    except sqlite3.OperationalError as exc:
-        db.execute("ROLLBACK")
+    except sqlite3.Error as exc:
+        _rollback(db)  # a failing ROLLBACK must not hide why the COMMIT failed
         raise _translate(exc, path) from exc
+
+
+def _rollback(db: sqlite3.Connection) -> None:
+    """Undo the open transaction; if there is none left (SQLite already rolled back), that is fine too."""
+    try:
+        db.execute("ROLLBACK")
+    except sqlite3.Error:
+        pass
 
 
 def _translate(exc: sqlite3.Error, path: str) -> Exception:
@@ -153,6 +162,12 @@ def _translate(exc: sqlite3.Error, path: str) -> Exception:
         return DatabaseLocked(path, f"the database is locked by another connection or process ({text})")
     if isinstance(exc, sqlite3.DatabaseError) and ("not a database" in text or "malformed" in text):
         return CorruptDatabase(path, f"not a usable SQLite database ({text})")
+    if "disk is full" in text or "database or disk is full" in text:
+        return DiskFull(path, f"the disk is full: nothing more can be written ({text}); the last transaction "
+                              "was rolled back, what was committed before is intact")
+    if "readonly" in text or "read-only" in text:
+        return ReadOnlyDatabase(path, f"the database cannot be written: the file or its folder is read-only, or "
+                                      f"the file was opened read-only ({text})")
     return exc
 
 

@@ -165,3 +165,55 @@ def test_replay_of_an_in_memory_database_is_an_error_not_an_empty_success(tmp_pa
     done = cli("replay", "--db", ":memory:", cwd=tmp_path)
     assert done.returncode == 2
     assert "--db" in done.stderr and ":memory:" in done.stderr
+
+
+# ------------------------------------------------------------------ point 3: errors inside realtime
+def test_a_full_disk_during_realtime_is_one_line_exit_1_and_nothing_half_written(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    import payflow_lab.durable.outbox as outbox_module
+    from payflow_lab.cli import main
+
+    real_connect = outbox_module.connect
+
+    def small_disk(*args, **kwargs):  # SQLite's own size limit: a real SQLITE_FULL, a few pages in
+        db = real_connect(*args, **kwargs)
+        pages = db.execute("PRAGMA page_count").fetchone()[0]
+        db.execute(f"PRAGMA max_page_count = {pages + 4}")
+        return db
+
+    monkeypatch.setattr(outbox_module, "connect", small_disk)
+    db = tmp_path / "outbox.sqlite"
+    status = main(["realtime", "--db", str(db), "--duration", "20", "--rate", "200", "--receivers", "1",
+                   "--no-fault", "--json"])
+    err = capsys.readouterr().err
+    assert status == 1, err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and "disk is full" in lines[0], err
+    assert "Traceback" not in err and "ExceptionGroup" not in err
+    with sqlite3.connect(db) as conn:  # every payment that was committed has all its events: nothing half-written
+        payments = conn.execute("SELECT COUNT(*) FROM payments").fetchone()[0]
+        events = conn.execute("SELECT COUNT(*) FROM outbox").fetchone()[0]
+    assert payments > 0 and events == 3 * payments
+
+
+def test_a_failed_commit_reports_its_own_cause_not_the_rollbacks() -> None:
+    from payflow_lab.durable.schema import transaction
+
+    class Connection:
+        def __init__(self) -> None:
+            self.calls: list[str] = []
+
+        def execute(self, sql: str):
+            self.calls.append(sql)
+            if sql == "COMMIT":
+                raise sqlite3.OperationalError("database or disk is full")
+            if sql == "ROLLBACK":
+                raise sqlite3.OperationalError("cannot rollback - no transaction is active")
+
+    from payflow_lab.durable.errors import DiskFull
+
+    conn = Connection()
+    with pytest.raises(DiskFull, match="disk is full"):
+        with transaction(conn, "x.sqlite"):  # type: ignore[arg-type]
+            pass
+    assert conn.calls == ["BEGIN IMMEDIATE", "COMMIT", "ROLLBACK"]
