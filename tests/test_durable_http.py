@@ -91,10 +91,11 @@ def test_the_receiver_refuses_bad_signatures_and_malformed_bodies_without_applyi
 
 def test_the_receiver_can_be_told_to_fail_and_to_hang_and_to_recover(shop: Receiver) -> None:
     with httpx.Client(trust_env=False) as client:
-        control = client.post(f"{shop.url}_control", json={"mode": "fail"})
+        token = {"x-payflow-control": shop.control_token}
+        control = client.post(f"{shop.url}_control", json={"mode": "fail"}, headers=token)
         assert control.status_code == 200 and control.json()["mode"] == "fail"
-        assert client.post(f"{shop.url}_control", json={"mode": "sideways"}).status_code == 400
-        assert client.post(f"{shop.url}_control", json={"delay": -1}).status_code == 400
+        assert client.post(f"{shop.url}_control", json={"mode": "sideways"}, headers=token).status_code == 400
+        assert client.post(f"{shop.url}_control", json={"delay": -1}, headers=token).status_code == 400
     assert post(shop, event(5)).status_code == 503
     shop.set_mode("hang")
     with pytest.raises(httpx.ReadTimeout):

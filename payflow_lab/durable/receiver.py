@@ -14,7 +14,10 @@ What a well-behaved receiver does with each ``POST``, in this order:
    only needs to know it may stop sending.
 
 For the lessons and the tests it can be told to misbehave (:meth:`Receiver.set_mode`,
-or ``POST /_control`` with ``{"mode": ..., "delay": ..., "ack_delay": ...}``):
+or ``POST /_control`` with ``{"mode": ..., "delay": ..., "ack_delay": ...}`` and the
+receiver's :attr:`Receiver.control_token` in an ``x-payflow-control`` header: the server
+listens on loopback only, and even there another local user or a web page cannot change
+a run without the token, which only the process that created the receiver knows):
 
 ``up``      answer normally (after ``delay`` seconds if set);
 ``fail``    answer ``503`` without applying anything;
@@ -35,8 +38,10 @@ transaction), which is fine for a receiver serving a test or a lesson.
 
 from __future__ import annotations
 
+import hmac
 import json
 import math
+import secrets
 import socket
 import time
 from collections.abc import Callable, Iterator
@@ -85,6 +90,8 @@ class Receiver:
                  tolerance: float = DEFAULT_TOLERANCE_S, clock: Callable[[], float] = time.time) -> None:
         self.name = name
         self.secret = secret if secret is not None else generate_secret()
+        #: Required (header ``x-payflow-control``) by ``POST /_control``; new for every receiver.
+        self.control_token = secrets.token_urlsafe(24)
         Endpoint("http://check", self.secret)  # validates the secret
         self.ledger = ledger if ledger is not None else ReceiverLedger()
         self.tolerance = tolerance
@@ -137,12 +144,20 @@ class Receiver:
             await _respond(send, 413, {"error": f"body larger than {MAX_BODY_BYTES} bytes"})
             return
         if path == "/_control" and method == "POST":
+            if not self._authorised(scope):
+                await _respond(send, 403, {"error": "POST /_control needs this receiver's control token in the "
+                                                    "x-payflow-control header"})
+                return
             await self._control(body, send)
             return
         if method != "POST":
             await _respond(send, 405, {"error": "POST a webhook"})
             return
         await self._webhook(scope, body, receive, send)
+
+    def _authorised(self, scope: Scope) -> bool:
+        given = next((v for k, v in scope.get("headers", []) if k.lower() == b"x-payflow-control"), b"")
+        return hmac.compare_digest(given, self.control_token.encode())
 
     async def _control(self, body: bytes, send: Send) -> None:
         try:
