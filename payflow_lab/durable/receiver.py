@@ -102,7 +102,7 @@ class Receiver:
         self.url: str | None = None
         #: Requests by what became of them.
         self.counters: dict[str, int] = {"requests": 0, "applied": 0, "duplicates": 0, "bad_signature": 0,
-                                         "malformed": 0, "failed_on_purpose": 0, "hung": 0}
+                                         "malformed": 0, "failed_on_purpose": 0, "hung": 0, "truncated": 0}
 
     def set_mode(self, mode: str | None = None, *, delay: float | None = None, ack_delay: float | None = None) -> None:
         """Change how the receiver behaves from the next request on (validated first, then applied)."""
@@ -139,7 +139,12 @@ class Receiver:
         if path == "/_stats" and method == "GET":
             await _respond(send, 200, self.stats())
             return
-        body = await _read_body(receive)
+        try:
+            body = await _read_body(receive)
+        except _Truncated:  # never apply (or even verify) half a request
+            self.counters["truncated"] += 1
+            await _respond(send, 408, {"error": "the request body did not arrive in time"})
+            return
         if body is None:
             await _respond(send, 413, {"error": f"body larger than {MAX_BODY_BYTES} bytes"})
             return
@@ -207,13 +212,17 @@ class Receiver:
         await _respond(send, 200, {"id": event_id, "duplicate": not new})
 
 
+class _Truncated(Exception):
+    """The connection ended (or timed out) before the whole request body arrived."""
+
+
 async def _read_body(receive: Receive) -> bytes | None:
     chunks: list[bytes] = []
     size = 0
     while True:
         message = await receive()
-        if message["type"] == "http.disconnect":
-            break
+        if message["type"] == "http.disconnect":  # before the last chunk: the body is incomplete
+            raise _Truncated
         chunk = message.get("body", b"")
         size += len(chunk)
         if size > MAX_BODY_BYTES:
@@ -231,6 +240,10 @@ async def _respond(send: Send, status: int, document: dict[str, Any]) -> None:
     await send({"type": "http.response.body", "body": payload})
 
 
+#: Real seconds a receiver waits for the rest of a request before dropping the connection.
+READ_TIMEOUT_S = 5.0
+
+
 class ReceiverServer:
     """Serves ``receivers`` with hypercorn on ``host`` (loopback only), one port each, until :meth:`stop`.
 
@@ -238,9 +251,14 @@ class ReceiverServer:
     once every socket is bound (``tg.start(server.serve)`` returns them).
     """
 
-    def __init__(self, receivers: list[Receiver], *, host: str = "127.0.0.1", graceful_timeout: float = 1.0) -> None:
+    def __init__(self, receivers: list[Receiver], *, host: str = "127.0.0.1", graceful_timeout: float = 1.0,
+                 read_timeout: float = READ_TIMEOUT_S) -> None:
         if not receivers:
             raise ValidationError("receivers", "needs at least one receiver")
+        if (isinstance(read_timeout, bool) or not isinstance(read_timeout, (int, float))
+                or not math.isfinite(read_timeout) or not 0 < read_timeout <= 300):
+            raise ValidationError("read_timeout", f"must be more than 0 and at most 300 seconds, got {read_timeout!r}")
+        self.read_timeout = float(read_timeout)
         if host not in ("127.0.0.1", "localhost", "::1"):
             raise ValidationError("host", f"receivers listen on the loopback interface only, got {host!r}")
         self.receivers = list(receivers)
@@ -271,8 +289,11 @@ class ReceiverServer:
             config.errorlog = None
             config.accesslog = None
             config.graceful_timeout = self.graceful_timeout
+            # A client that sends half a request and waits is dropped after read_timeout: it cannot hold a
+            # connection (and a stop) for as long as it likes.
+            config.read_timeout = self.read_timeout  # type: ignore[assignment]
             configs.append((receiver, config))
-        with anyio.CancelScope() as scope:
+        with _quiet_cancellations(), anyio.CancelScope() as scope:
             async with anyio.create_task_group() as tg:
                 for receiver, config in configs:
                     tg.start_soon(partial(serve, receiver, config, shutdown_trigger=self._stop.wait),  # type: ignore[arg-type]
@@ -286,6 +307,41 @@ class ReceiverServer:
         """Stop serving (call from the server's event loop; see :func:`serve_in_thread` for threads)."""
         if self._stop is not None:
             self._stop.set()
+
+
+@contextmanager
+def _quiet_cancellations() -> Iterator[None]:
+    """On asyncio, a connection cancelled at shutdown is not an error: keep its traceback off stderr.
+
+    hypercorn runs each connection as a task started by asyncio's stream
+    server; when the server stops with a connection still open (a client that
+    sent half a body), asyncio reports the cancelled task through the loop's
+    exception handler, which prints a traceback for what is a normal stop.
+    Other errors still go to the previous handler.
+    """
+    import sniffio
+
+    if sniffio.current_async_library() != "asyncio":
+        yield
+        return
+    import asyncio
+
+    loop = asyncio.get_running_loop()
+    previous = loop.get_exception_handler()
+
+    def handler(loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
+        if isinstance(context.get("exception"), asyncio.CancelledError):
+            return
+        if previous is not None:
+            previous(loop, context)
+        else:
+            loop.default_exception_handler(context)
+
+    loop.set_exception_handler(handler)
+    try:
+        yield
+    finally:
+        loop.set_exception_handler(previous)
 
 
 @contextmanager

@@ -65,3 +65,61 @@ def test_a_slow_client_cannot_keep_the_metrics_server_alive() -> None:
     assert server.cut_off == 1  # the slow request was cut off at the deadline, not waited for
     assert took < 30  # a loose net: without the deadline this never returns while the client stays
     assert not any(t.name.startswith("payflow-metrics") for t in threading.enumerate())
+
+
+# ------------------------------------------------------------------ point 1: a deadline for request bodies
+def half_requests(url: str, count: int) -> list[socket.socket]:
+    host, port = url.split("//")[1].rstrip("/").rsplit(":", 1)
+    socks = []
+    for _ in range(count):
+        sock = socket.create_connection((host, int(port)))
+        sock.sendall(b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 1000\r\n\r\n" + b"{" * 100)  # a tenth of it
+        socks.append(sock)
+    return socks
+
+
+def test_half_a_body_is_answered_408_after_the_read_deadline_and_never_applied() -> None:
+    from payflow_lab.durable.receiver import ReceiverServer
+
+    shop = Receiver("shop", ledger=ReceiverLedger())
+    server = ReceiverServer([shop], read_timeout=0.5)
+    import anyio.from_thread
+
+    with anyio.from_thread.start_blocking_portal() as portal:
+        future, _ = portal.start_task(server.serve)
+        socks = half_requests(shop.url, 20)
+        try:
+            for sock in socks:
+                sock.settimeout(60)  # a safety net: the server answers after its 0.5 s read deadline
+                assert sock.recv(12) == b"HTTP/1.1 408"
+        finally:
+            for sock in socks:
+                sock.close()
+            portal.call(server.stop)
+            future.result(timeout=60)
+    assert shop.counters["truncated"] == 20 and shop.counters["applied"] == 0
+    assert shop.counters["bad_signature"] == 0  # not even looked at
+
+
+def test_stopping_with_half_bodies_open_is_quiet_and_prompt(capfd: pytest.CaptureFixture[str]) -> None:
+    shop = Receiver("shop", ledger=ReceiverLedger())
+    with serve_in_thread([shop]):
+        socks = half_requests(shop.url, 20)
+        time.sleep(0.3)  # the connections are open and waiting for the rest of their bodies
+        started = time.monotonic()
+    took = time.monotonic() - started
+    for sock in socks:
+        sock.close()
+    err = capfd.readouterr().err
+    assert "CancelledError" not in err and "Traceback" not in err, err[-2000:]
+    assert took < 30  # graceful timeout (1 s) plus a loose net; it used to wait on the clients
+    assert shop.counters["applied"] == 0
+
+
+def test_a_read_timeout_must_be_sensible() -> None:
+    from payflow_lab.durable.receiver import ReceiverServer
+
+    for bad in (0, -1, float("nan"), True, 1000):
+        with pytest.raises(ValidationError) as caught:
+            ReceiverServer([Receiver("shop", ledger=ReceiverLedger())], read_timeout=bad)
+        assert caught.value.field == "read_timeout"
