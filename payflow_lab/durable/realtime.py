@@ -32,6 +32,7 @@ for its merchants and its payment gateway.
 from __future__ import annotations
 
 import dataclasses
+import glob
 import math
 import os
 import tempfile
@@ -130,6 +131,26 @@ def _ledger_path(db: str, name: str) -> str:
     return MEMORY if db == MEMORY else f"{db}.receiver-{name}.sqlite"
 
 
+def _same_receivers(db: str, receivers: int) -> None:
+    """Refuse to restart on an outbox with another number of merchant receivers than it was run with.
+
+    A merchant's webhooks go to receiver ``n % receivers``; with another count,
+    an event delivered before a crash would be redelivered to a receiver whose
+    ledger has never seen it (applied twice), and ``check`` would look for it
+    in the wrong ledger (a loss that did not happen). The ledgers beside the
+    outbox say how many there were.
+    """
+    if db == MEMORY:
+        return
+    folder, name = Path(db).parent, Path(db).name
+    before = sorted(p.name for p in folder.glob(f"{glob.escape(name)}.receiver-merchants-*.sqlite"))
+    if before and len(before) != receivers:
+        raise ValidationError("receivers", f"this outbox was run with {len(before)} merchant receivers (their "
+                                           f"ledgers are beside {db}); restart it with --receivers {len(before)}, "
+                                           f"or use a new --db, so that redeliveries reach the receiver that "
+                                           f"saw them first")
+
+
 async def run_realtime(config: RealtimeConfig) -> dict[str, Any]:
     """Run the durable pipeline for real as ``config`` says; return the summary (JSON-ready)."""
     db = config.db
@@ -147,6 +168,7 @@ async def run_realtime(config: RealtimeConfig) -> dict[str, Any]:
         if config.endpoints is not None:
             routes = Routes.load(config.endpoints)
         else:
+            _same_receivers(db, config.receivers)
             names = [f"merchants-{i + 1}" for i in range(config.receivers)] + ["analytics", "audit"]
             for name in names:
                 receivers.append(Receiver(name, ledger=ReceiverLedger(_ledger_path(db, name))))

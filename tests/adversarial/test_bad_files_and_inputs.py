@@ -217,3 +217,24 @@ def test_a_failed_commit_reports_its_own_cause_not_the_rollbacks() -> None:
         with transaction(conn, "x.sqlite"):  # type: ignore[arg-type]
             pass
     assert conn.calls == ["BEGIN IMMEDIATE", "COMMIT", "ROLLBACK"]
+
+
+# ------------------------------------------------------------------ point 5: the receivers' count is part of the outbox
+def test_a_restart_with_another_receiver_count_is_refused_not_miscounted(tmp_path: Path) -> None:
+    db = tmp_path / "outbox.sqlite"
+    first = cli("realtime", "--db", str(db), "--duration", "2", "--rate", "20", "--receivers", "2", "--no-fault",
+                "--json", cwd=tmp_path)
+    assert first.returncode == 0, first.stderr[-2000:]
+    with Outbox(db, clock=lambda: 1.0) as outbox:
+        runs = outbox.execute("SELECT COUNT(*) FROM runs")[0][0]
+    changed = cli("realtime", "--db", str(db), "--duration", "1", "--receivers", "3", cwd=tmp_path)
+    assert changed.returncode == 2
+    assert "--receivers: this outbox was run with 2 merchant receivers" in changed.stderr
+    assert "Traceback" not in changed.stderr
+    with Outbox(db, clock=lambda: 1.0) as outbox:
+        assert outbox.execute("SELECT COUNT(*) FROM runs")[0][0] == runs  # nothing registered
+    again = cli("realtime", "--db", str(db), "--duration", "1", "--rate", "20", "--receivers", "2", "--no-fault",
+                "--json", cwd=tmp_path)
+    assert again.returncode == 0, again.stderr[-2000:]
+    check = json.loads(again.stdout)["check"]
+    assert check["lost"] == 0 and check["applied_twice"] == 0
