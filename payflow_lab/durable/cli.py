@@ -70,7 +70,8 @@ def register(sub: Any) -> None:
     rt.add_argument("--duration", type=_float, default=10.0, help="seconds of traffic (default 10; 0: only deliver "
                                                                    "what is pending)")
     rt.add_argument("--rate", type=_float, default=20.0, help="payments per second (default 20)")
-    rt.add_argument("--receivers", type=_int, default=3, help="merchant receivers to start (default 3)")
+    rt.add_argument("--receivers", type=_int, default=None,
+                    help="merchant receivers to start (default: as many as this outbox was run with, or 3)")
     rt.add_argument("--seed", type=_int, default=argparse.SUPPRESS, help="seed of the world (default 7)")
     rt.add_argument("--drain", type=_float, default=30.0,
                     help="seconds to let deliveries finish after the traffic (default 30)")

@@ -43,7 +43,8 @@ class ReceiverLedger:
     def __init__(self, path: str | os.PathLike[str] = MEMORY, *, busy_timeout: float = 5.0) -> None:
         self.path = str(path)
         self._lock = threading.Lock()
-        refuse_foreign(self.path, LEDGER_APPLICATION_ID, "payflow-lab receiver ledger")
+        refuse_foreign(self.path, LEDGER_APPLICATION_ID, "payflow-lab receiver ledger",
+                       frozenset({"effects", "totals", "counters"}))
         db = sqlite3.connect(self.path, timeout=busy_timeout, isolation_level=None, check_same_thread=False)
         try:
             if self.path != MEMORY:

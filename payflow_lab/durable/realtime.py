@@ -80,7 +80,7 @@ class RealtimeConfig:
     db: str | None = None
     duration: float = 10.0
     rate: float = 20.0
-    receivers: int = 3
+    receivers: int | None = None
     seed: int = 7
     scale: float = 0.01
     fail_window: tuple[float, float] | None = (0.2, 0.5)
@@ -95,7 +95,8 @@ class RealtimeConfig:
             raise ValidationError("db", f"must be a file path or ':memory:', got {self.db!r}")
         _number("duration", self.duration, 0.0, 3600.0)
         _number("rate", self.rate, 0.1, 2000.0)
-        if isinstance(self.receivers, bool) or not isinstance(self.receivers, int) or not 1 <= self.receivers <= 50:
+        if self.receivers is not None and (isinstance(self.receivers, bool) or not isinstance(self.receivers, int)
+                                           or not 1 <= self.receivers <= 50):
             raise ValidationError("receivers", f"must be an integer from 1 to 50, got {self.receivers!r}")
         if isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0:
             raise ValidationError("seed", f"must be a non-negative integer, got {self.seed!r}")
@@ -131,24 +132,32 @@ def _ledger_path(db: str, name: str) -> str:
     return MEMORY if db == MEMORY else f"{db}.receiver-{name}.sqlite"
 
 
-def _same_receivers(db: str, receivers: int) -> None:
-    """Refuse to restart on an outbox with another number of merchant receivers than it was run with.
+#: Merchant receivers started for a new outbox when no count is asked for.
+DEFAULT_RECEIVERS = 3
+
+
+def _receiver_count(db: str, asked: int | None) -> int:
+    """How many merchant receivers this run starts: as many as the outbox was run with before.
 
     A merchant's webhooks go to receiver ``n % receivers``; with another count,
     an event delivered before a crash would be redelivered to a receiver whose
     ledger has never seen it (applied twice), and ``check`` would look for it
     in the wrong ledger (a loss that did not happen). The ledgers beside the
-    outbox say how many there were.
+    outbox say how many there were: without ``asked`` that count is used, and
+    another count is refused.
     """
-    if db == MEMORY:
-        return
-    folder, name = Path(db).parent, Path(db).name
-    before = sorted(p.name for p in folder.glob(f"{glob.escape(name)}.receiver-merchants-*.sqlite"))
-    if before and len(before) != receivers:
+    before: list[str] = []
+    if db != MEMORY:
+        folder, name = Path(db).parent, Path(db).name
+        before = sorted(p.name for p in folder.glob(f"{glob.escape(name)}.receiver-merchants-*.sqlite"))
+    if not before:
+        return DEFAULT_RECEIVERS if asked is None else asked
+    if asked is not None and asked != len(before):
         raise ValidationError("receivers", f"this outbox was run with {len(before)} merchant receivers (their "
                                            f"ledgers are beside {db}); restart it with --receivers {len(before)}, "
                                            f"or use a new --db, so that redeliveries reach the receiver that "
                                            f"saw them first")
+    return len(before)
 
 
 async def run_realtime(config: RealtimeConfig) -> dict[str, Any]:
@@ -168,7 +177,7 @@ async def run_realtime(config: RealtimeConfig) -> dict[str, Any]:
         if config.endpoints is not None:
             routes = Routes.load(config.endpoints)
         else:
-            _same_receivers(db, config.receivers)
+            config = dataclasses.replace(config, receivers=_receiver_count(db, config.receivers))
             names = [f"merchants-{i + 1}" for i in range(config.receivers)] + ["analytics", "audit"]
             for name in names:
                 receivers.append(Receiver(name, ledger=ReceiverLedger(_ledger_path(db, name))))

@@ -228,7 +228,11 @@ def _migrate(db: sqlite3.Connection, path: str) -> list[int]:
     return passed
 
 
-def refuse_foreign(path: str, application_id: int, what: str) -> None:
+#: The tables an outbox file holds (at every schema version).
+OUTBOX_TABLES = frozenset({"payments", "outbox", "dead_letters", "runs"})
+
+
+def refuse_foreign(path: str, application_id: int, what: str, own_tables: frozenset[str] = frozenset()) -> None:
     """Refuse a file that is not ``what`` (an outbox, a receiver ledger) *before* anything writes to it.
 
     Opening a SQLite file for writing already changes it (switching to WAL
@@ -255,7 +259,9 @@ def refuse_foreign(path: str, application_id: int, what: str) -> None:
         raise translated from exc
     finally:
         ro.close()
-    if app == 0 and version == 0 and tables:
+    # Only our own tables and no stamp yet: another process is creating the file this very moment (its
+    # creation is decided under the write lock, see _migrate), not a foreign database.
+    if app == 0 and version == 0 and tables and not set(tables) <= own_tables:
         raise NotAnOutbox(path, f"is a SQLite database with other tables ({', '.join(tables)}), not a "
                                 f"{what}; refusing to touch it")
     if app not in (0, application_id):
@@ -283,7 +289,7 @@ def connect(path: str | os.PathLike[str] = MEMORY, *, busy_timeout: float = 5.0,
             raise OutboxDatabaseError(name, f"the directory {str(parent)!r} does not exist")
         if Path(name).is_dir():
             raise OutboxDatabaseError(name, "is a directory, not a database file")
-    refuse_foreign(name, APPLICATION_ID, "payflow-lab outbox")
+    refuse_foreign(name, APPLICATION_ID, "payflow-lab outbox", OUTBOX_TABLES)
     try:
         db = sqlite3.connect(name, timeout=busy_timeout, isolation_level=None, check_same_thread=False)
     except sqlite3.Error as exc:
