@@ -171,6 +171,17 @@ def _translate(exc: sqlite3.Error, path: str) -> Exception:
     return exc
 
 
+def _as_corrupt(exc: sqlite3.Error, path: str, what: str) -> Exception:
+    """``exc`` as one of our errors: its own kind when it has one (locked, disk full, ...), else ``what``."""
+    translated = _translate(exc, path)
+    return CorruptDatabase(path, f"{what} ({exc})") if translated is exc else translated
+
+
+def _user_tables(db: sqlite3.Connection) -> list[str]:
+    return [row[0] for row in db.execute(
+        "SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%' ORDER BY name")]
+
+
 def schema_version(db: sqlite3.Connection) -> int:
     """The file's ``user_version``."""
     return int(db.execute("PRAGMA user_version").fetchone()[0])
@@ -204,8 +215,7 @@ def _migrate(db: sqlite3.Connection, path: str) -> list[int]:
         version = schema_version(db)
         app = int(db.execute("PRAGMA application_id").fetchone()[0])
         if app == 0 and version == 0:
-            tables = [row[0] for row in db.execute(
-                "SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%' ORDER BY name")]
+            tables = _user_tables(db)
             if tables:
                 raise NotAnOutbox(path, f"is a SQLite database with other tables ({', '.join(tables)}), "
                                         "not a payflow-lab outbox; refusing to touch it")
@@ -250,13 +260,9 @@ def refuse_foreign(path: str, application_id: int, what: str, own_tables: frozen
     try:
         app = int(ro.execute("PRAGMA application_id").fetchone()[0])
         version = int(ro.execute("PRAGMA user_version").fetchone()[0])
-        tables = [row[0] for row in ro.execute(
-            "SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%' ORDER BY name")]
+        tables = _user_tables(ro)
     except sqlite3.DatabaseError as exc:
-        translated = _translate(exc, path)
-        if translated is exc:
-            raise CorruptDatabase(path, f"is not a SQLite database ({exc}); refusing to touch it") from exc
-        raise translated from exc
+        raise _as_corrupt(exc, path, "is not a SQLite database; refusing to touch it") from exc
     finally:
         ro.close()
     # Only our own tables and no stamp yet: another process is creating the file this very moment (its
@@ -304,18 +310,12 @@ def connect(path: str | os.PathLike[str] = MEMORY, *, busy_timeout: float = 5.0,
                 db.execute("PRAGMA synchronous = NORMAL")
             db.execute("PRAGMA foreign_keys = ON")
         except sqlite3.Error as exc:
-            translated = _translate(exc, name)
-            if translated is exc:
-                raise CorruptDatabase(name, f"cannot be read as a SQLite database ({exc})") from exc
-            raise translated from exc
+            raise _as_corrupt(exc, name, "cannot be read as a SQLite database") from exc
         if migrate:
             try:
                 _migrate(db, name)
             except sqlite3.DatabaseError as exc:
-                translated = _translate(exc, name)
-                if translated is exc:
-                    raise CorruptDatabase(name, f"damaged or inconsistent schema ({exc})") from exc
-                raise translated from exc
+                raise _as_corrupt(exc, name, "damaged or inconsistent schema") from exc
         else:
             version = schema_version(db)
             if version > SCHEMA_VERSION:
