@@ -19,12 +19,22 @@ The figures:
 ``live``
     how promptly a live lesson answers Pause and a fault change, and the
     pace it keeps (:mod:`payflow_lab.lab.livebench`).
+``memory``
+    the resident memory of a process running Phase 5 through four simulated
+    hours of Black Friday (an outage that never ends: breakers flapping, dead
+    letters piling up), at hour 1 and at hour 4. Target: hour 4 within 5% of
+    hour 1, because everything a long outage accumulates is bounded or spilled
+    to disk (breaker history, dead letters, the run's measurements). Quick mode
+    runs two hours and compares hour 2 with hour 1.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import platform
+import subprocess
+import sys
 import time
 from collections.abc import Callable
 from contextlib import nullcontext
@@ -43,6 +53,7 @@ BENCHMARKS: dict[str, str] = {
     "backends": "payflow_lab.bench:bench_backends",
     "hook bus": "payflow_lab.hooks.bench:bench_emit",
     "live": "payflow_lab.lab.livebench:bench_live",
+    "memory": "payflow_lab.bench:bench_memory",
 }
 
 
@@ -90,6 +101,26 @@ def bench_backends(quick: bool) -> list[Row]:
     rows.append({"name": "asyncio virtual loop / trio MockClock", "key": "backends.ratio",
                  "value": round(rates["asyncio"] / rates["trio"], 2), "unit": "x"})
     return rows
+
+
+def bench_memory(quick: bool) -> list[Row]:
+    hours = 2 if quick else 4
+    note(f"phase 5, blackfriday, {hours} simulated hours, in a fresh process")
+    # A fresh process: the resident memory of this one says more about the benchmarks run before.
+    out = subprocess.run([sys.executable, "-m", "payflow_lab", "run", "--scenario", "blackfriday", "--phase", "5",
+                          "--duration", str(hours * 3600), "--memory", "rss", "--json", "--series"],
+                         capture_output=True, text=True, check=True).stdout
+    rss = json.loads(out)["series"]["memory_bytes"]
+    first, last = rss[3600 - 1], rss[hours * 3600 - 1]
+    key = f"memory.phase5_blackfriday_{hours}h"
+    return [
+        {"name": "resident memory at hour 1 (phase 5, Black Friday, scale 0.1)", "key": f"{key}.rss_hour1_mib",
+         "value": round(first / 2**20, 1), "unit": "MiB"},
+        {"name": f"resident memory at hour {hours}", "key": f"{key}.rss_hour{hours}_mib",
+         "value": round(last / 2**20, 1), "unit": "MiB"},
+        {"name": f"growth from hour 1 to hour {hours} (target <= 5%)", "key": f"{key}.growth_pct",
+         "value": round(100 * (last - first) / first, 1), "unit": "%"},
+    ]
 
 
 def run_benchmarks(*, quick: bool = False, progress: bool = False,

@@ -33,13 +33,13 @@ from __future__ import annotations
 
 import math
 import threading
-from array import array
 import tracemalloc
 from collections import Counter, deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
+from .columns import Column
 from .domain import Payment, ValidationError
 
 __all__ = [
@@ -171,8 +171,10 @@ class Recorder:
     """Collects outcomes, latencies and the per-second series of one run.
 
     ``clock`` returns story time in seconds since midnight. All methods are
-    called from the simulation's thread; the series lists only ever grow, so
+    called from the simulation's thread; the series columns only ever grow, so
     another thread (the notebook dashboard) may read them while a run is live.
+    Every value is kept (percentiles are exact), but only the newest of each
+    column in memory: see :mod:`payflow_lab.columns`.
     """
 
     def __init__(self, clock: Callable[[], float], memory: MemoryProbe | None = None) -> None:
@@ -188,8 +190,8 @@ class Recorder:
         self.failed_reasons: Counter[str] = Counter()
         self.stuck_reasons: Counter[str] = Counter()
         # Compact storage: the recorder's own memory is part of what tracemalloc measures.
-        self.latencies: array[float] = array("d")
-        self.authorization_latencies: array[float] = array("d")
+        self.latencies = Column("d")
+        self.authorization_latencies = Column("d")
         self._in_flight: dict[str, _InFlight] = {}
         self._window: list[float] = []
         self.recent: deque[tuple[float, float]] = deque()  # (completed at, latency) over the last minute
@@ -198,20 +200,22 @@ class Recorder:
         self.last_completion: float | None = None
         self.side_effects: dict[str, Counter[str]] = {}
         self.side_effect_reasons: Counter[tuple[str, str, str]] = Counter()
-        self.side_effect_latencies: dict[str, array[float]] = {}
+        self.side_effect_latencies: dict[str, Column] = {}
         self.tasks_in_flight = 0
         self.peak_tasks = 0
         self.events: list[tuple[float, int, str, str]] = []
         self._event_serial = 0
         self._marks: set[str] = set()
         self.gauges: dict[str, Callable[[], float]] = {}
-        # Columns that are never None are typed arrays (8 bytes a value instead of ~32); they index,
-        # slice and sum like lists. p50/p99 (None when nothing completed) and gauges stay lists.
+        self._untyped: set[str] = set()
+        # Columns (payflow_lab.columns): 8 bytes a value, the newest in memory and the rest in a temporary
+        # file, so a four-hour run takes no more memory than a ten-minute one. They index, slice and sum
+        # like lists; p50/p99 are None for a second in which nothing completed.
         self.series: dict[str, Any] = {
-            "t": array("d"), "clock": array("d"), "arrivals": array("q"), "completed": array("q"),
-            "failed": array("q"), "p50_ms": [], "p99_ms": [], "in_flight_payments": array("q"),
-            "in_flight_tasks": array("q"), "db_in_use": array("q"), "db_waiting": array("q"),
-            "memory_bytes": array("q"),
+            "t": Column("d"), "clock": Column("d"), "arrivals": Column("q"), "completed": Column("q"),
+            "failed": Column("q"), "p50_ms": Column("d", optional=True), "p99_ms": Column("d", optional=True),
+            "in_flight_payments": Column("q"), "in_flight_tasks": Column("q"), "db_in_use": Column("q"),
+            "db_waiting": Column("q"), "memory_bytes": Column("q"),
         }
         self.memory_start = 0
         self.memory_peak = 0
@@ -327,7 +331,10 @@ class Recorder:
         if reason is not None:
             self.side_effect_reasons[(kind, outcome, reason)] += 1
         if latency is not None and outcome == "delivered":
-            self.side_effect_latencies.setdefault(kind, array("d")).append(latency)
+            column = self.side_effect_latencies.get(kind)
+            if column is None:
+                column = self.side_effect_latencies[kind] = Column("d")
+            column.append(latency)
 
     def side_effect_totals(self) -> dict[str, int]:
         totals = {outcome: 0 for outcome in SIDE_EFFECT_OUTCOMES}
@@ -354,7 +361,9 @@ class Recorder:
         if name in self.series and name not in self.gauges:
             raise ValueError(f"series column {name!r} already exists")
         self.gauges[name] = read
-        self.series.setdefault(name, [None] * len(self.series["t"]))
+        # Typed by its first value (integers or floats); the seconds before the gauge existed are None.
+        self.series.setdefault(name, Column("q", [None] * len(self.series["t"]), optional=True))
+        self._untyped.add(name)
 
     def sample(self, db_in_use: int, db_waiting: int) -> None:
         """Append one row to the series (called once per simulated second)."""
@@ -379,7 +388,11 @@ class Recorder:
             "memory_bytes": memory,
         }
         for name, read in self.gauges.items():
-            row[name] = read()
+            value = row[name] = read()
+            if name in self._untyped and value is not None:
+                self._untyped.discard(name)
+                if isinstance(value, float):
+                    self.series[name] = Column("d", self.series[name], optional=True)
         # Append column by column; "t" last, so a reader that sizes by "t" sees complete rows.
         for name, value in row.items():
             if name != "t":

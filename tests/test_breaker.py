@@ -291,7 +291,7 @@ def test_transitions_carry_times_and_reach_listeners_in_order() -> None:
     assert probe is not None
     clock.now = 7.5
     probe.record_success()
-    assert seen == breaker.transitions
+    assert seen == list(breaker.transitions)
     assert [(t.at, t.from_state, t.to_state) for t in seen] == [
         (1.0, CLOSED, OPEN), (7.0, OPEN, HALF_OPEN), (7.5, HALF_OPEN, CLOSED)]
     assert seen[0].as_dict()["name"] == "mch_00042"

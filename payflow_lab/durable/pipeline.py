@@ -119,7 +119,6 @@ class DurablePipeline(Pipeline):
 
     def summary(self) -> dict[str, Any]:
         pool = self.world.pool
-        transitions = [t.as_dict() for t in self.breakers.transitions]
         return {
             "db_pool": {"size": pool.size, "peak_in_use": pool.peak_in_use,
                         "checkout_timeouts": pool.timeouts, "checkouts": pool.checkouts},
@@ -128,7 +127,7 @@ class DurablePipeline(Pipeline):
             "dead_letters": self.outbox.dead_letters.count_by_reason(),
             "receivers": self.ledger.stats(),
             "dispatcher": self.dispatcher.summary(),
-            "breaker_transitions": len(transitions),
+            "breaker_transitions": self.breakers.transitions_total,
             "retries": {"calls": self.retry.calls, "attempts": self.retry.attempts, "retries": self.retry.retries,
                         "exhausted": dict(self.retry.exhausted)},
         }

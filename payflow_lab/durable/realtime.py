@@ -258,6 +258,7 @@ async def _deliver(state: _Run, routes: Routes) -> dict[str, Any]:
         "http": http,
         "breakers": [{"endpoint": t.name, "from": t.from_state.value, "to": t.to_state.value,
                       "at_s": round(t.at - started, 3), "reason": t.reason} for t in breakers.transitions],
+        "breaker_transitions_total": breakers.transitions_total,
         "faults": state.faults,
     }
     if state.receivers:

@@ -38,7 +38,6 @@ backlog with breaker-driven probes for anyio; every part it composes is from
 from __future__ import annotations
 
 import math
-from array import array
 import heapq
 from collections import Counter, deque
 from collections.abc import Sequence
@@ -48,6 +47,7 @@ from typing import Any
 import anyio
 
 from ..calibration import WEBHOOK_TIMEOUT_S
+from ..columns import Column
 from ..domain import Merchant, Payment, Tier
 from ..faults import EndpointMode, FaultPlan
 from ..hooks import Delivery, Handle, HookBus, LatencyHistogram, Outcome, Spill
@@ -117,6 +117,8 @@ DEFERRAL_CAUSES: dict[str, str] = {
 BACKLOG_FULL = "backlog_full"
 #: Transitions kept per merchant in the summary (the first and the last half of them).
 TRANSITIONS_KEPT = 10
+#: Dead letters kept in memory; older ones spill to a temporary file, so a long outage keeps memory flat.
+DEAD_LETTERS_IN_MEMORY = 1_000
 #: Merchants whose first breaker opening (or recovery) gets its own timeline event; then only round numbers.
 NAMED_EVENTS = 3
 _MILESTONES = (10, 50, 100, 500, 1000, 5000)
@@ -160,7 +162,7 @@ class _TierStats:
     first_attempt: int = 0
     after_retry: int = 0
     after_deferral: int = 0
-    latencies: array = field(default_factory=lambda: array("d"))
+    latencies: Column = field(default_factory=Column)
     histogram: LatencyHistogram = field(default_factory=LatencyHistogram)
     deferrals: Counter = field(default_factory=Counter)
 
@@ -189,11 +191,13 @@ class WebhookDelivery:
                        for tier in Tier}
         #: Every merchant's breaker, by merchant id, in order of first use (read by the metrics).
         self.breakers: dict[str, CircuitBreaker] = {}
+        self._first_moves: dict[str, list[Transition]] = {}
         self.limits = KeyedRateLimiter.for_merchants(world.merchants, clock=clock)
         #: Each merchant endpoint's retry policy and budget, by merchant id (read by the metrics).
         self.retries: dict[str, RetryPolicy] = {}
         self.budgets: dict[str, RetryBudget] = {}
-        self.dead_letters = InMemoryDeadLetters(clock=clock, on_add=self._dead_lettered)
+        self.dead_letters = InMemoryDeadLetters(clock=clock, on_add=self._dead_lettered,
+                                                keep_in_memory=DEAD_LETTERS_IN_MEMORY)
         self.lanes: dict[Tier, Handle] = {}
         for tier, (workers, queue_size) in LANES.items():
             self.lanes[tier] = bus.hook(
@@ -533,6 +537,9 @@ class WebhookDelivery:
     # -------------------------------------------------------------- breakers
     def _transition(self, transition: Transition) -> None:
         merchant_id = transition.name
+        first = self._first_moves.setdefault(merchant_id, [])
+        if len(first) < TRANSITIONS_KEPT // 2:
+            first.append(transition)  # the breaker itself keeps only its most recent transitions
         if transition.to_state is BreakerState.CLOSED:
             self.not_closed.pop(merchant_id, None)
             watch = self._watches.get(merchant_id)
@@ -621,17 +628,20 @@ class WebhookDelivery:
         """The Phase 5 keys about webhooks: breakers, dead letters, recovery, latency by tier."""
         breakers: dict[str, Any] = {}
         for merchant_id, breaker in self.breakers.items():
-            if not breaker.transitions:
+            total = breaker.transitions_total
+            if not total:
                 continue
-            moves = [{"at": hhmmss(t.at), "from": t.from_state.value, "to": t.to_state.value, "reason": t.reason}
-                     for t in breaker.transitions]
             half = TRANSITIONS_KEPT // 2
+            last = list(breaker.transitions)
+            first = self._first_moves.get(merchant_id, [])
+            kept = last if total <= TRANSITIONS_KEPT else first[:half] + last[-half:]
             breakers[merchant_id] = {
                 "tier": self.world.merchants[merchant_id].tier.value,
                 "state": breaker.recorded_state.value,
-                "opened": sum(1 for t in breaker.transitions if t.to_state is BreakerState.OPEN),
-                "transitions_total": len(moves),
-                "transitions": moves if len(moves) <= TRANSITIONS_KEPT else moves[:half] + moves[-half:],
+                "opened": breaker.times_opened,
+                "transitions_total": total,
+                "transitions": [{"at": hhmmss(t.at), "from": t.from_state.value, "to": t.to_state.value,
+                                 "reason": t.reason} for t in kept],
             }
         reasons = self.dead_letters.count_by_reason()
         by_tier_letters = {tier.value: stats.dead_lettered for tier, stats in self.tiers.items()}

@@ -42,6 +42,15 @@ dashboard may poll the breaker as often as it likes without moving it, and
 the ``open -> half_open`` event carries the time of the first probe, not the
 time the break ended.
 
+*History is bounded.* A breaker flapping through a four-hour outage makes
+thousands of transitions. Each breaker keeps the last ``history`` of them
+(default :data:`HISTORY`, 10) in :attr:`CircuitBreaker.transitions`, and
+counts all of them (:attr:`CircuitBreaker.transitions_total`,
+:attr:`CircuitBreaker.transition_counts` by ``(from, to)``,
+:attr:`CircuitBreaker.times_opened`), so its memory stays flat however long
+the outage lasts; the counts are what the Prometheus counters report. Listeners
+still see every transition.
+
 *Outcomes are reported on a permit.* :meth:`CircuitBreaker.allow` returns a
 :class:`Permit` (or ``None`` when the call is rejected), and the caller
 reports the call's outcome on that permit. A permit remembers which period of
@@ -61,7 +70,7 @@ virtual time).
 
 from __future__ import annotations
 
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -76,6 +85,8 @@ __all__ = [
     "BreakerOpen",
     "BreakerState",
     "CircuitBreaker",
+    "HISTORY",
+    "KEYED_HISTORY",
     "KeyedCircuitBreaker",
     "Permit",
     "Transition",
@@ -270,6 +281,12 @@ class Permit:
         return self._breaker
 
 
+#: How many transitions a :class:`CircuitBreaker` keeps (the most recent); older ones are only counted.
+HISTORY = 10
+#: How many a :class:`KeyedCircuitBreaker` keeps, all its breakers together.
+KEYED_HISTORY = 1_000
+
+
 class CircuitBreaker:
     """One breaker, for one endpoint. See the module docstring for the semantics.
 
@@ -281,13 +298,15 @@ class CircuitBreaker:
     the breaker already consistent).
     ``failure_on`` says which exceptions raised inside :meth:`guard` or
     :meth:`run` count as failures; other exceptions (and cancellation) release
-    the permit without a verdict.
+    the permit without a verdict. ``history`` is how many transitions
+    :attr:`transitions` keeps (the most recent; all are counted).
     """
 
     def __init__(self, config: BreakerConfig | None = None, *, name: str = "breaker",
                  clock: Clock | None = None,
                  on_transition: Callable[[Transition], None] | None = None,
-                 failure_on: type[BaseException] | tuple[type[BaseException], ...] = Exception) -> None:
+                 failure_on: type[BaseException] | tuple[type[BaseException], ...] = Exception,
+                 history: int = HISTORY) -> None:
         if config is None:
             config = BreakerConfig()
         if not isinstance(config, BreakerConfig):
@@ -296,6 +315,7 @@ class CircuitBreaker:
             raise ValidationError("name", f"must be a non-empty string, got {name!r}")
         if on_transition is not None and not callable(on_transition):
             raise ValidationError("on_transition", f"must be callable, got {on_transition!r}")
+        integer("history", history, minimum=1)
         self.config = config
         self.name = name
         self.failure_on = exception_types("failure_on", failure_on)
@@ -310,8 +330,12 @@ class CircuitBreaker:
         self._probes_out = 0
         self._probes_passed = 0
         self._listeners: list[Callable[[Transition], None]] = [on_transition] if on_transition else []
-        #: Every transition so far, oldest first.
-        self.transitions: list[Transition] = []
+        #: The last ``history`` transitions, oldest first.
+        self.transitions: deque[Transition] = deque(maxlen=history)
+        #: Every transition ever made, counted: in all, by ``(from_state, to_state)``, and how often it opened.
+        self.transitions_total = 0
+        self.transition_counts: Counter[tuple[BreakerState, BreakerState]] = Counter()
+        self.times_opened = 0
         #: Calls admitted, calls rejected, and outcomes reported (stale ones are not counted in the window).
         self.admitted = 0
         self.rejected = 0
@@ -454,7 +478,10 @@ class CircuitBreaker:
         self._window.clear()
         if to is BreakerState.OPEN:
             self._opened_at = now
+            self.times_opened += 1
         self.transitions.append(transition)
+        self.transitions_total += 1
+        self.transition_counts[transition.from_state, to] += 1
         for listener in self._listeners:
             listener(transition)
 
@@ -462,13 +489,15 @@ class CircuitBreaker:
 class KeyedCircuitBreaker(Generic[K]):
     """One :class:`CircuitBreaker` per key (a merchant id, say), created on first use.
 
-    All breakers share ``config``, ``clock`` and ``failure_on``. ``transitions``
-    collects every breaker's transitions in the order they happened.
+    All breakers share ``config``, ``clock``, ``failure_on`` and ``history``.
+    ``transitions`` keeps the last ``keyed_history`` transitions of all the
+    breakers together, in the order they happened; ``transitions_total`` counts them all.
     """
 
     def __init__(self, config: BreakerConfig | None = None, *, clock: Clock | None = None,
                  on_transition: Callable[[Transition], None] | None = None,
-                 failure_on: type[BaseException] | tuple[type[BaseException], ...] = Exception) -> None:
+                 failure_on: type[BaseException] | tuple[type[BaseException], ...] = Exception,
+                 history: int = HISTORY, keyed_history: int = KEYED_HISTORY) -> None:
         self.config = config if config is not None else BreakerConfig()
         if not isinstance(self.config, BreakerConfig):
             raise ValidationError("config", f"must be a BreakerConfig, got {type(config).__name__}")
@@ -477,15 +506,21 @@ class KeyedCircuitBreaker(Generic[K]):
         self._clock = default_clock(clock)
         self._on_transition = on_transition
         self._failure_on = exception_types("failure_on", failure_on)
+        integer("history", history, minimum=1)
+        integer("keyed_history", keyed_history, minimum=1)
+        self._history = history
         self._breakers: dict[K, CircuitBreaker] = {}
-        #: Every transition of every breaker, in order.
-        self.transitions: list[Transition] = []
+        #: The last ``keyed_history`` transitions of all the breakers, in order.
+        self.transitions: deque[Transition] = deque(maxlen=keyed_history)
+        #: Transitions ever made by all the breakers together.
+        self.transitions_total = 0
 
     def __getitem__(self, key: K) -> CircuitBreaker:
         breaker = self._breakers.get(key)
         if breaker is None:
             breaker = CircuitBreaker(self.config, name=str(key), clock=self._clock,
-                                     on_transition=self._record, failure_on=self._failure_on)
+                                     on_transition=self._record, failure_on=self._failure_on,
+                                     history=self._history)
             self._breakers[key] = breaker
         return breaker
 
@@ -516,5 +551,6 @@ class KeyedCircuitBreaker(Generic[K]):
 
     def _record(self, transition: Transition) -> None:
         self.transitions.append(transition)
+        self.transitions_total += 1
         if self._on_transition is not None:
             self._on_transition(transition)

@@ -23,6 +23,9 @@ purpose: a local store answers in microseconds, and a synchronous API keeps
 from __future__ import annotations
 
 import dataclasses
+import pickle
+import sqlite3
+import weakref
 from collections import Counter
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
@@ -118,16 +121,33 @@ class InMemoryDeadLetters:
     ``clock`` stamps letters (default :func:`anyio.current_time`; Phase 5
     passes the story clock). ``on_add`` listeners get each new letter (for
     metrics and the run's recorder).
+
+    ``keep_in_memory`` bounds the memory a long outage can take: once the
+    store holds that many letters, the oldest ones move to a spill file (a
+    private temporary SQLite database, deleted when the store is closed or
+    collected), so none is lost and the process does not grow with the
+    outage. Every method sees both parts as one store, in the same order.
+    Spilled payloads are pickled, so they must be picklable; a letter read
+    back from the spill is an equal copy, not the same object. The default,
+    ``None``, keeps everything in memory.
     """
 
     def __init__(self, *, clock: Clock | None = None,
-                 on_add: Callable[[DeadLetter], None] | None = None) -> None:
+                 on_add: Callable[[DeadLetter], None] | None = None,
+                 keep_in_memory: int | None = None) -> None:
         if on_add is not None and not callable(on_add):
             raise ValidationError("on_add", f"must be callable, got {on_add!r}")
+        if keep_in_memory is not None:
+            integer("keep_in_memory", keep_in_memory, minimum=1)
         self._clock = default_clock(clock)
         self._letters: dict[str, DeadLetter] = {}
+        self._keep = keep_in_memory
+        self._spill: _Spill | None = None
         self._serial = 0
         self._listeners: list[Callable[[DeadLetter], None]] = [on_add] if on_add else []
+        # Kept up to date on every change: a metrics scrape from another thread reads only these.
+        self._by_reason: Counter[str] = Counter()
+        self._by_key: Counter[str] = Counter()
         #: Letters ever added, and ever removed by a successful replay.
         self.added = 0
         self.removed = 0
@@ -135,14 +155,26 @@ class InMemoryDeadLetters:
     def now(self) -> float:
         return self._clock()
 
+    @property
+    def spilled(self) -> int:
+        """How many letters are in the spill file now (0 without ``keep_in_memory``)."""
+        return 0 if self._spill is None else len(self._spill)
+
     def add(self, key: str, payload: Any, reason: str, *, attempts: int, kind: str = "webhook",
             error: str | None = None) -> DeadLetter:
         """Keep an undelivered ``payload`` for ``key`` with its ``reason``; return the letter."""
         check_letter(key, reason, kind, attempts)
-        self._serial += 1
-        letter = DeadLetter(id=f"dl_{self._serial:06d}", key=key, kind=kind, payload=payload, reason=reason,
+        letter = DeadLetter(id=f"dl_{self._serial + 1:06d}", key=key, kind=kind, payload=payload, reason=reason,
                             at=self._clock(), attempts=attempts, error=error)
+        if self._keep is not None and len(self._letters) >= self._keep:
+            if self._spill is None:
+                self._spill = _Spill()
+            oldest = next(iter(self._letters.values()))
+            self._spill.put(oldest)  # first: a payload that cannot be pickled raises here, and nothing has moved
+            del self._letters[oldest.id]
+        self._serial += 1
         self._letters[letter.id] = letter
+        self._count(letter, +1)
         self.added += 1
         for listener in self._listeners:
             listener(letter)
@@ -154,7 +186,10 @@ class InMemoryDeadLetters:
         self._listeners.append(listener)
 
     def get(self, letter_id: str) -> DeadLetter | None:
-        return self._letters.get(letter_id)
+        letter = self._letters.get(letter_id)
+        if letter is None and self._spill is not None:
+            letter = self._spill.get(letter_id)
+        return letter
 
     def list(self, *, key: str | None = None, reason: str | None = None, kind: str | None = None,
              older_than: float | None = None, newer_than: float | None = None,
@@ -172,7 +207,7 @@ class InMemoryDeadLetters:
             integer("limit", limit, minimum=0)
         now = self._clock() if older_than is not None or newer_than is not None else 0.0
         found: list[DeadLetter] = []
-        for letter in self._letters.values():
+        for letter in self._all():
             if limit is not None and len(found) >= limit:
                 break
             if key is not None and letter.key != key:
@@ -190,34 +225,116 @@ class InMemoryDeadLetters:
 
     def update(self, letter: DeadLetter) -> None:
         """Replace the stored letter with the same id (after a failed replay)."""
-        if letter.id not in self._letters:
+        old = self.get(letter.id)
+        if old is None:
             raise ValidationError("letter", f"no dead letter {letter.id!r} in the store")
-        self._letters[letter.id] = letter
+        if letter.id in self._letters:
+            self._letters[letter.id] = letter
+        else:
+            assert self._spill is not None
+            self._spill.put(letter)
+        self._count(old, -1)
+        self._count(letter, +1)
 
     def remove(self, letter_id: str) -> DeadLetter | None:
         letter = self._letters.pop(letter_id, None)
+        if letter is None and self._spill is not None:
+            letter = self._spill.pop(letter_id)
         if letter is not None:
+            self._count(letter, -1)
             self.removed += 1
         return letter
 
     def count_by_reason(self) -> dict[str, int]:
         """How many letters the store holds, by reason (sorted by reason)."""
-        # list() first: a snapshot, so a metrics scrape from another thread never iterates a changing dict.
-        return dict(sorted(Counter(letter.reason for letter in list(self._letters.values())).items()))
+        return {reason: n for reason, n in sorted(dict(self._by_reason).items()) if n}
 
     def count_by_key(self) -> dict[str, int]:
         """How many letters the store holds, by key (sorted by key)."""
-        return dict(sorted(Counter(letter.key for letter in list(self._letters.values())).items()))
+        return {key: n for key, n in sorted(dict(self._by_key).items()) if n}
+
+    def close(self) -> None:
+        """Delete the spill file, and the letters in it. The store holds only its in-memory letters after."""
+        if self._spill is not None:
+            for letter in self._spill.letters():
+                self._count(letter, -1)
+            self._spill.close()
+            self._spill = None
 
     def __len__(self) -> int:
-        return len(self._letters)
+        return len(self._letters) + self.spilled
 
     def __iter__(self) -> Iterator[DeadLetter]:
-        return iter(list(self._letters.values()))
+        return iter(list(self._all()))
+
+    def _all(self) -> Iterator[DeadLetter]:
+        # Spilled letters are always older than the ones in memory: the oldest is what gets spilled.
+        if self._spill is not None:
+            yield from self._spill.letters()
+        yield from list(self._letters.values())
+
+    def _count(self, letter: DeadLetter, step: int) -> None:
+        self._by_reason[letter.reason] += step
+        self._by_key[letter.key] += step
 
     async def replay(self, deliver: Callable[[DeadLetter], Awaitable[object]], **filters: Any) -> ReplayReport:
         """Shorthand for :func:`replay` on this store."""
         return await replay(self, deliver, **filters)
+
+
+class _Spill:
+    """The letters :class:`InMemoryDeadLetters` moved out of memory: a private temporary SQLite database.
+
+    ``sqlite3.connect("")`` makes an on-disk database that only this
+    connection sees and that SQLite deletes when the connection closes; its
+    page cache is bounded (``cache_size``), so the process's memory stays flat.
+    """
+
+    def __init__(self) -> None:
+        self._db = sqlite3.connect("", check_same_thread=False)
+        self._db.execute("PRAGMA cache_size = -256")  # KiB: the page cache this spill may keep in memory
+        self._db.execute("CREATE TABLE letters (serial INTEGER PRIMARY KEY, id TEXT UNIQUE, letter BLOB)")
+        self._size = 0
+        self._finalizer = weakref.finalize(self, self._db.close)
+
+    def put(self, letter: DeadLetter) -> None:
+        blob = pickle.dumps(letter, protocol=pickle.HIGHEST_PROTOCOL)
+        with self._db:
+            replaced = self._db.execute("UPDATE letters SET letter = ? WHERE id = ?", (blob, letter.id)).rowcount
+            if not replaced:
+                self._db.execute("INSERT INTO letters (serial, id, letter) VALUES (?, ?, ?)",
+                                 (int(letter.id[3:]), letter.id, blob))
+                self._size += 1
+
+    def get(self, letter_id: str) -> DeadLetter | None:
+        row = self._db.execute("SELECT letter FROM letters WHERE id = ?", (letter_id,)).fetchone()
+        return None if row is None else pickle.loads(row[0])
+
+    def pop(self, letter_id: str) -> DeadLetter | None:
+        letter = self.get(letter_id)
+        if letter is not None:
+            with self._db:
+                self._db.execute("DELETE FROM letters WHERE id = ?", (letter_id,))
+            self._size -= 1
+        return letter
+
+    def letters(self) -> Iterator[DeadLetter]:
+        """Every spilled letter, oldest first, read in pages (never all in memory at once)."""
+        after = 0
+        while True:
+            rows = self._db.execute("SELECT serial, letter FROM letters WHERE serial > ? ORDER BY serial LIMIT 500",
+                                    (after,)).fetchall()
+            if not rows:
+                return
+            for serial, blob in rows:
+                after = serial
+                yield pickle.loads(blob)
+
+    def close(self) -> None:
+        self._finalizer()
+
+    def __len__(self) -> int:
+        return self._size
 
 
 @dataclass(slots=True)

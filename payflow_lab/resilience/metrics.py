@@ -34,13 +34,15 @@ A scrape arrives on the HTTP server's thread, where the simulation's
 state is :attr:`~payflow_lab.resilience.breaker.CircuitBreaker.recorded_state`
 (the state of the last transition, consistent with the transitions counter),
 and token balances are not exported. Per-key labels (merchant ids) grow with
-the merchants that have traffic: fine for a workshop, worth aggregating in a
-fleet of thousands.
+the merchants that have traffic: at full scale, 5,000 merchants make a page
+of more than half a megabyte. Pass ``group`` to fold keys into a few groups
+(Phase 5's registry folds merchants into their tier unless asked for
+per-merchant series, :func:`payflow_lab.monitoring.registry_for`).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any
 
 from prometheus_client import CollectorRegistry
@@ -67,6 +69,22 @@ def _pairs(parts: Any, field: str) -> list[tuple[str, Any]]:
     raise ValidationError(field, f"must be a mapping of name to part (or a keyed container), got {parts!r}")
 
 
+class _Sums:
+    """Values for one metric family, added up by label values (so that keys folded into a group add up)."""
+
+    def __init__(self, family: Metric) -> None:
+        self._family = family
+        self._values: dict[tuple[str, ...], float] = {}
+
+    def add(self, labels: tuple[str, ...], value: float) -> None:
+        self._values[labels] = self._values.get(labels, 0.0) + value
+
+    def family(self) -> Metric:
+        for labels, value in self._values.items():
+            self._family.add_metric(list(labels), value)
+        return self._family
+
+
 class ResilienceCollector(Collector):
     """Exports the counts of the given parts. Each argument is optional.
 
@@ -74,13 +92,21 @@ class ResilienceCollector(Collector):
     ``limiters``: a :class:`KeyedRateLimiter` or a mapping key -> :class:`TokenBucket`;
     ``retries``: mapping name -> :class:`RetryPolicy`; ``budgets``: mapping name -> :class:`RetryBudget`;
     ``dead_letters``: a :class:`DeadLetterStore`.
+
+    ``group`` folds keys into groups: ``group(key)`` is the label value each
+    key's counts are added to (Phase 5 passes a merchant id's tier), so the
+    page grows with the groups, not with the keys, and sums over the label
+    are the same either way. Grouped, ``circuit_breaker_state`` counts the
+    breakers in each state instead of being 0 or 1. ``None`` (the default)
+    keeps one series per key.
     """
 
     def __init__(self, *, breakers: KeyedCircuitBreaker[Any] | Mapping[str, CircuitBreaker] | None = None,
                  limiters: KeyedRateLimiter[Any] | Mapping[str, TokenBucket] | None = None,
                  retries: Mapping[str, RetryPolicy] | None = None,
                  budgets: Mapping[str, RetryBudget] | None = None,
-                 dead_letters: DeadLetterStore | None = None, namespace: str = "payflow") -> None:
+                 dead_letters: DeadLetterStore | None = None, namespace: str = "payflow",
+                 group: Callable[[str], str] | None = None) -> None:
         for field, parts in (("breakers", breakers), ("limiters", limiters), ("retries", retries),
                              ("budgets", budgets)):
             _pairs(parts, field)  # validate now, not at the first scrape
@@ -90,7 +116,10 @@ class ResilienceCollector(Collector):
             raise ValidationError("namespace", f"must be a metric-name prefix like 'payflow', got {namespace!r}")
         self.breakers, self.limiters, self.retries = breakers, limiters, retries
         self.budgets, self.dead_letters = budgets, dead_letters
+        if group is not None and not callable(group):
+            raise ValidationError("group", f"must be a function from a key to its group's name, got {group!r}")
         self.ns = namespace
+        self.group = group
 
     def collect(self) -> Iterator[Metric]:
         yield from self._breakers()
@@ -98,63 +127,73 @@ class ResilienceCollector(Collector):
         yield from self._retries()
         yield from self._dead_letters()
 
+    def _label(self, name: str) -> str:
+        return name if self.group is None else str(self.group(name))
+
     def _breakers(self) -> Iterable[Metric]:
         ns = self.ns
-        state = GaugeMetricFamily(f"{ns}_circuit_breaker_state",
-                                  "1 for the state each circuit breaker is in (as of its last transition), else 0",
-                                  labels=["breaker", "state"])
-        moves = CounterMetricFamily(f"{ns}_circuit_breaker_transitions",
-                                    "Circuit breaker state transitions", labels=["breaker", "from_state", "to_state"])
-        calls = CounterMetricFamily(f"{ns}_circuit_breaker_calls",
-                                    "Calls offered to a circuit breaker, by its decision",
-                                    labels=["breaker", "decision"])
+        grouped = self.group is not None
+        state = _Sums(GaugeMetricFamily(
+            f"{ns}_circuit_breaker_state",
+            "Circuit breakers in each state (as of their last transition), by group" if grouped else
+            "1 for the state each circuit breaker is in (as of its last transition), else 0",
+            labels=["breaker", "state"]))
+        moves = _Sums(CounterMetricFamily(f"{ns}_circuit_breaker_transitions", "Circuit breaker state transitions",
+                                          labels=["breaker", "from_state", "to_state"]))
+        calls = _Sums(CounterMetricFamily(f"{ns}_circuit_breaker_calls",
+                                          "Calls offered to a circuit breaker, by its decision",
+                                          labels=["breaker", "decision"]))
         for name, breaker in _pairs(self.breakers, "breakers"):
+            label = self._label(name)
             current = breaker.recorded_state
             for s in BreakerState:
-                state.add_metric([name, s.value], 1.0 if s is current else 0.0)
-            counts: dict[tuple[str, str], int] = {}
-            for t in list(breaker.transitions):
-                pair = (t.from_state.value, t.to_state.value)
-                counts[pair] = counts.get(pair, 0) + 1
-            for (source, target), n in sorted(counts.items()):
-                moves.add_metric([name, source, target], n)
-            calls.add_metric([name, "admitted"], breaker.admitted)
-            calls.add_metric([name, "rejected"], breaker.rejected)
-        return state, moves, calls
+                state.add((label, s.value), 1.0 if s is current else 0.0)
+            counts = sorted(((a.value, b.value), n) for (a, b), n in list(breaker.transition_counts.items()))
+            for (source, target), n in counts:
+                moves.add((label, source, target), n)
+            calls.add((label, "admitted"), breaker.admitted)
+            calls.add((label, "rejected"), breaker.rejected)
+        return state.family(), moves.family(), calls.family()
 
     def _limiters(self) -> Iterable[Metric]:
         ns = self.ns
-        requests = CounterMetricFamily(f"{ns}_rate_limiter_requests",
-                                       "Token requests by result: granted at once, granted after a wait, rejected",
-                                       labels=["key", "result"])
-        waited = CounterMetricFamily(f"{ns}_rate_limiter_wait_seconds",
-                                     "Seconds spent waiting for tokens", labels=["key"])
+        requests = _Sums(CounterMetricFamily(
+            f"{ns}_rate_limiter_requests", "Token requests by result: granted at once, granted after a wait, rejected",
+            labels=["key", "result"]))
+        waited = _Sums(CounterMetricFamily(f"{ns}_rate_limiter_wait_seconds", "Seconds spent waiting for tokens",
+                                           labels=["key"]))
         for key, bucket in _pairs(self.limiters, "limiters"):
-            requests.add_metric([key, "immediate"], bucket.granted - bucket.delayed)
-            requests.add_metric([key, "delayed"], bucket.delayed)
-            requests.add_metric([key, "rejected"], bucket.rejected)
-            waited.add_metric([key], bucket.waited_seconds)
-        return requests, waited
+            label = self._label(key)
+            requests.add((label, "immediate"), bucket.granted - bucket.delayed)
+            requests.add((label, "delayed"), bucket.delayed)
+            requests.add((label, "rejected"), bucket.rejected)
+            waited.add((label,), bucket.waited_seconds)
+        return requests.family(), waited.family()
 
     def _retries(self) -> Iterable[Metric]:
         ns = self.ns
-        attempts = CounterMetricFamily(f"{ns}_retry_attempts", "Attempts made, first attempts included",
-                                       labels=["policy"])
-        retries = CounterMetricFamily(f"{ns}_retries", "Retries made (attempts after the first)", labels=["policy"])
-        giveups = CounterMetricFamily(f"{ns}_retry_giveups", "Calls given up, by reason", labels=["policy", "reason"])
+        attempts = _Sums(CounterMetricFamily(f"{ns}_retry_attempts", "Attempts made, first attempts included",
+                                             labels=["policy"]))
+        retries = _Sums(CounterMetricFamily(f"{ns}_retries", "Retries made (attempts after the first)",
+                                            labels=["policy"]))
+        giveups = _Sums(CounterMetricFamily(f"{ns}_retry_giveups", "Calls given up, by reason",
+                                            labels=["policy", "reason"]))
         for name, policy in _pairs(self.retries, "retries"):
-            attempts.add_metric([name], policy.attempts)
-            retries.add_metric([name], policy.retries)
+            label = self._label(name)
+            attempts.add((label,), policy.attempts)
+            retries.add((label,), policy.retries)
             for reason, n in sorted(policy.exhausted.items()):
-                giveups.add_metric([name, reason], n)
-        withdrawals = CounterMetricFamily(f"{ns}_retry_budget_withdrawals", "Retries paid for by a retry budget",
-                                          labels=["budget"])
-        refusals = CounterMetricFamily(f"{ns}_retry_budget_refusals", "Retries refused by an empty retry budget",
-                                       labels=["budget"])
+                giveups.add((label, reason), n)
+        withdrawals = _Sums(CounterMetricFamily(f"{ns}_retry_budget_withdrawals",
+                                                "Retries paid for by a retry budget", labels=["budget"]))
+        refusals = _Sums(CounterMetricFamily(f"{ns}_retry_budget_refusals",
+                                             "Retries refused by an empty retry budget", labels=["budget"]))
         for name, budget in _pairs(self.budgets, "budgets"):
-            withdrawals.add_metric([name], budget.withdrawals)
-            refusals.add_metric([name], budget.refusals)
-        return attempts, retries, giveups, withdrawals, refusals
+            label = self._label(name)
+            withdrawals.add((label,), budget.withdrawals)
+            refusals.add((label,), budget.refusals)
+        return (attempts.family(), retries.family(), giveups.family(), withdrawals.family(),
+                refusals.family())
 
     def _dead_letters(self) -> Iterable[Metric]:
         store = self.dead_letters
