@@ -160,6 +160,8 @@ class RunResult:
     #: Every completed payment's latency in seconds, in the order they completed (row ``i`` of the
     #: series completed ``series["completed"][i]`` of them): what rolling percentiles are drawn from.
     latencies: Any = field(default=None, repr=False, compare=False)
+    #: The finished pipeline, for a closer look (``registry_for(result.pipeline, per_merchant=True)``).
+    pipeline: Any = field(default=None, repr=False, compare=False)
 
     def __getitem__(self, key: str) -> Any:
         return self.summary[key]
@@ -419,7 +421,7 @@ class Simulation:
         summary.update(pipeline.summary())
         series = {name: list(values) for name, values in recorder.series.items()}
         return RunResult(summary=summary, series=series, registry=getattr(pipeline, "registry", None),
-                         latencies=recorder.latencies)
+                         latencies=recorder.latencies, pipeline=pipeline)
 
 
 # ------------------------------------------------------------------ entry points

@@ -51,8 +51,9 @@ metric                                           type       labels
 ===============================================  =========  ====================================
 
 plus, for Phase 5, everything :class:`~payflow_lab.resilience.metrics.ResilienceCollector`
-exports (breaker state and transitions per merchant, rate-limited requests,
-retries and give-ups per policy, retry-budget refusals, dead letters by reason).
+exports (breaker states and transitions, rate-limited requests, retries and
+give-ups, retry-budget refusals, dead letters by reason), added up by tier
+unless :func:`registry_for` is asked for per-merchant series.
 
 Scrapes arrive on the HTTP server's thread while the simulation runs in its
 own: the collectors read counters and take C-level snapshots of containers
@@ -71,7 +72,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Histo
 from prometheus_client.registry import Collector
 from prometheus_client.utils import floatToGoString
 
-from ..domain import Tier
+from ..domain import Tier, ValidationError
 from ..hooks import HookBus
 from ..hooks.latency import COARSE_BOUNDS, LatencyHistogram
 from ..metrics import SIDE_EFFECT_OUTCOMES, Recorder
@@ -255,7 +256,7 @@ class WebhookCollector(Collector):
                                 value=max((r["seconds"] for r in recoveries), default=0.0))
 
 
-def _collectors(pipeline: Any) -> Iterable[Collector]:
+def _collectors(pipeline: Any, per_merchant: bool) -> Iterable[Collector]:
     yield RunCollector(pipeline.world, pipeline.recorder)
     bus = getattr(pipeline, "bus", None)
     if isinstance(bus, HookBus):
@@ -263,20 +264,31 @@ def _collectors(pipeline: Any) -> Iterable[Collector]:
     webhooks = getattr(pipeline, "webhooks", None)
     if webhooks is not None and hasattr(webhooks, "breakers"):
         yield WebhookCollector(webhooks)
+        merchants = pipeline.world.merchants
         yield ResilienceCollector(breakers=webhooks.breakers, limiters=webhooks.limits,
                                   retries=webhooks.retries, budgets=webhooks.budgets,
-                                  dead_letters=webhooks.dead_letters, namespace=NS)
+                                  dead_letters=webhooks.dead_letters, namespace=NS,
+                                  group=None if per_merchant else (lambda merchant_id: merchants[merchant_id].tier.value))
 
 
-def registry_for(pipeline: Any) -> CollectorRegistry:
+def registry_for(pipeline: Any, *, per_merchant: bool = False) -> CollectorRegistry:
     """A fresh registry with collectors for everything ``pipeline`` (any phase) has to show.
 
     Every phase gets the run's payments, side effects, tasks, pool and memory;
     a phase with a hook bus (``pipeline.bus``) its hooks; Phase 5 its webhook
     path and resilience parts. Prefer ``pipeline.registry`` when a phase has
     one (Phase 5 builds its own at construction with this function).
+
+    Phase 5's breakers, rate limits, retry policies and budgets are one per
+    merchant. By default their metrics are added up by tier (the ``breaker``,
+    ``key``, ``policy`` and ``budget`` labels say ``enterprise``, ``premium``
+    or ``standard``), so the page stays a few kilobytes at any scale;
+    ``per_merchant=True`` asks for one series per merchant instead (a page of
+    more than half a megabyte at full scale, 5,000 merchants).
     """
+    if not isinstance(per_merchant, bool):
+        raise ValidationError("per_merchant", f"must be True or False, got {per_merchant!r}")
     registry = CollectorRegistry()
-    for collector in _collectors(pipeline):
+    for collector in _collectors(pipeline, per_merchant):
         registry.register(collector)
     return registry

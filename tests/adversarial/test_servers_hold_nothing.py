@@ -2,18 +2,23 @@
 
 from __future__ import annotations
 
+import re
 import socket
 import threading
 import time
 
 import httpx
 import pytest
-from prometheus_client import CollectorRegistry, Counter
+from prometheus_client import CollectorRegistry, Counter, generate_latest
+from prometheus_client.parser import text_string_to_metric_families
 
 from payflow_lab.domain import ValidationError
 from payflow_lab.durable.ledger import ReceiverLedger
 from payflow_lab.durable.receiver import Receiver, serve_in_thread
+from payflow_lab.monitoring import registry_for
 from payflow_lab.monitoring.server import MetricsServer
+from payflow_lab.runner import RunConfig, Simulation
+from payflow_lab.vtime import run_virtual
 
 
 # ------------------------------------------------------------------ point 9: control needs a token
@@ -125,3 +130,40 @@ def test_a_read_timeout_must_be_sensible() -> None:
         with pytest.raises(ValidationError) as caught:
             ReceiverServer([Receiver("shop", ledger=ReceiverLedger())], read_timeout=bad)
         assert caught.value.field == "read_timeout"
+
+
+# ------------------------------------------------------------- point 7b: /metrics stays small at any scale
+def _phase5(scale: float, duration: float) -> Simulation:
+    simulation = Simulation(RunConfig(scenario="blackfriday", phase=5, seed=3, scale=scale, duration=duration,
+                                      memory="off"))
+    run_virtual(simulation.run)
+    return simulation
+
+
+def test_the_metrics_page_adds_merchants_up_by_tier_unless_asked_for_each() -> None:
+    pipeline = _phase5(0.1, 2_400).pipeline
+    default = generate_latest(pipeline.registry).decode()                        # type: ignore[union-attr]
+    each = generate_latest(registry_for(pipeline, per_merchant=True)).decode()
+    assert "mch_" not in default and "mch_" in each
+    assert len(default) * 5 < len(each)
+
+    def totals(text: str) -> dict[tuple[str, ...], float]:
+        """Every sample added up over its per-merchant label: what a dashboard's sum() shows."""
+        sums: dict[tuple[str, ...], float] = {}
+        for family in text_string_to_metric_families(text):
+            for sample in family.samples:
+                labels = tuple(sorted((k, v) for k, v in sample.labels.items()
+                                      if k not in ("breaker", "key", "policy", "budget")))
+                sums[(sample.name, *labels)] = sums.get((sample.name, *labels), 0.0) + sample.value
+        return sums
+
+    assert totals(default) == totals(each)   # grouping loses detail, never a count
+    breakers = [line for line in default.splitlines() if line.startswith("payflow_circuit_breaker_state{")]
+    assert {re.search(r'breaker="([^"]+)"', line).group(1) for line in breakers} <= {  # type: ignore[union-attr]
+        "enterprise", "premium", "standard"}
+
+
+def test_per_merchant_must_be_a_yes_or_no() -> None:
+    pipeline = _phase5(0.02, 60).pipeline
+    with pytest.raises(ValidationError, match="per_merchant"):
+        registry_for(pipeline, per_merchant="yes")  # type: ignore[arg-type]
