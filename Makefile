@@ -13,8 +13,9 @@ BIN      := $(VENV)/bin
 LAB_STAMP := $(VENV)/.payflow-lab
 STAMP    := $(VENV)/.payflow-installed
 PORT     ?= 8888
-# pytest-xdist workers for the unit tests: one per core
-TEST_WORKERS ?= auto
+# pytest-xdist workers: one per core, plus one for the browser tests, which mostly wait on JupyterLab
+# and the story clock
+TEST_WORKERS ?= $(shell $(PYTHON) -c 'import os; print(len(os.sched_getaffinity(0)) + 1)' 2>/dev/null || echo 3)
 LAB_ARGS ?=
 # What the editable install is made of: a change to any of these reinstalls.
 SETUP_FILES := pyproject.toml hatch_build.py $(shell find jupyter-config -type f -name '*.json' 2>/dev/null)
@@ -51,13 +52,13 @@ $(STAMP): $(SETUP_FILES) | $(BIN)/python
 lab: $(LAB_STAMP)
 	$(BIN)/jupyter lab --notebook-dir=lessons --LabApp.extension_manager=readonly $(ALLOW_ROOT) --port=$(PORT) $(LAB_ARGS) lessons/00_start_here.ipynb
 
-# Two parts, each failing the make: the unit and CLI tests and the lessons under nbval on every core
-# (pytest-xdist, one file or notebook per worker at a time, so a file's fixtures stay together), then the
-# browser tests, one lesson at a time (each drives a JupyterLab server and Chromium of its own).
+# One pytest run on every core (pytest-xdist, one file or notebook per worker at a time, so a file's
+# fixtures stay together): the browser tests are collected first, so one worker takes their file at once
+# and drives the lessons one at a time (a JupyterLab server and Chromium of its own) while the other
+# workers run the unit and CLI tests and the lessons under nbval.
 test: $(STAMP) chromium
-	$(BIN)/python -m pytest tests lessons --ignore=tests/browser -n $(TEST_WORKERS) --dist loadfile \
+	$(BIN)/python -m pytest tests/browser tests lessons -n $(TEST_WORKERS) --dist loadfile \
 		--nbval-lax --nbval-current-env --nbval-sanitize-with lessons/sanitize.cfg
-	$(BIN)/python -m pytest tests/browser
 
 test-fast: $(STAMP)
 	$(BIN)/python -m pytest tests --ignore=tests/browser -x -q
