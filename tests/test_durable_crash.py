@@ -38,21 +38,30 @@ SEED = 20261126
 #: Every this-many-th kill lands during start-up (before the run is registered): a kill point too. The others
 #: wait until the process has registered its run, however long a busy machine takes to start Python.
 STARTUP_KILL_EVERY = 5
-#: Safety net for a process to register its run (real seconds); a loaded 2-core laptop needs a few.
+#: Safety net for a process to register its run, or to authorize its payments (real seconds); a loaded 2-core
+#: laptop needs a few.
 STARTUP_CAP_S = 60.0
+#: A kill after start-up lands once the process has authorized this many payments (seeded, so the kill points
+#: are the same on an idle and a busy machine: progress, not real time, decides), plus a random fraction of a second.
+PAYMENTS_BEFORE_KILL = (6, 14)
 
 
-def _runs(db: Path) -> int:
-    """Runs registered in the outbox so far, read without writing anything (0 before the schema exists)."""
+def _count(db: Path, table: str) -> int:
+    """Rows of ``table`` so far, read without writing anything (0 before the file exists, -1 before the schema)."""
     import sqlite3
 
     if not db.exists():
         return 0
     try:
         with sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=5) as conn:
-            return int(conn.execute("SELECT COUNT(*) FROM runs").fetchone()[0])
+            return int(conn.execute(f"SELECT COUNT(*) FROM {table}").fetchone()[0])
     except sqlite3.OperationalError:  # no table yet, or the writer holds it this instant
         return -1
+
+
+def _runs(db: Path) -> int:
+    """Runs registered in the outbox so far."""
+    return _count(db, "runs")
 
 
 def _child(db: Path, endpoints: Path, *args: str) -> list[str]:
@@ -91,7 +100,13 @@ def test_sigkill_at_random_points_loses_nothing_and_applies_nothing_twice(tmp_pa
                         assert time.monotonic() < deadline, f"run {number} did not register within {STARTUP_CAP_S} s"
                         time.sleep(0.02)
                     after_startup += 1
-                    time.sleep(rng.uniform(0.2, 1.4))
+                    target = max(_count(db, "payments"), 0) + rng.randint(*PAYMENTS_BEFORE_KILL)
+                    deadline = time.monotonic() + STARTUP_CAP_S
+                    while _count(db, "payments") < target:
+                        assert child.poll() is None, f"run {number} ended: {child.stderr.read().decode()[-2000:]}"
+                        assert time.monotonic() < deadline, f"run {number} authorized too little within the cap"
+                        time.sleep(0.02)
+                    time.sleep(rng.uniform(0.0, 0.3))
                 assert child.poll() is None, f"run {number} ended by itself: {child.stderr.read().decode()[-2000:]}"
                 child.send_signal(signal.SIGKILL)
                 kills += 1
