@@ -53,9 +53,14 @@ The database pool
 =================
 
 The pool (:data:`DB_POOL_SIZE` at scale 1) is sized so that the synchronous
-pipeline survives a *healthy* Black Friday with headroom (about 62% of
-connections busy at 10x traffic, several standard deviations of Poisson noise
-below the limit even at scale 0.1). What it does not survive is slow merchants:
+pipeline survives a *healthy* Black Friday with headroom on average (about
+62% of connections busy at 10x traffic). At scale 0.1 the headroom is only
+about three standard deviations of the noise (Poisson arrivals, plus the
+variance of the second connection the analytics and audit writes borrow), so
+the pool does touch its limit now and then with no fault at all: full within
+the first three minutes of x10 in roughly one seed in seven, for a few seconds
+to half a minute. At scale 1 the same headroom is about ten standard
+deviations. What the pool does not survive is slow merchants:
 Little's law (connections in use = arrival rate x time each payment holds one)
 does the rest. The analytics and audit writes borrow a *second* connection
 from the same pool while the request still holds its first, so once the pool

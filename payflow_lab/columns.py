@@ -71,6 +71,24 @@ class Column:
         if len(self._hot) >= self.chunk:
             self._spill()
 
+    def set_last(self, value: Any) -> None:
+        """Replace the last value (a row amended at the end of a run). The column must not be empty."""
+        if value is None:
+            if not self.optional:
+                raise ValueError("None in a column that is not optional")
+            value = math.nan if self.typecode == "d" else _INT_NONE
+        with self._lock:
+            if not self._hot:
+                if not self._cold:
+                    raise IndexError("set_last on an empty column")
+                assert self._file is not None
+                # The last value is on disk: bring its chunk back into memory.
+                self._cold -= self.chunk
+                self._hot = self._chunk_on_disk(self._cold // self.chunk)[:]
+                self._file.truncate(self._cold * self._hot.itemsize)
+                self._cache_at = -1
+            self._hot[-1] = value
+
     def _spill(self) -> None:
         with self._lock:
             if self._file is None:

@@ -188,12 +188,16 @@ class Recorder:
         self.stuck_authorized = 0
         self.stuck_authorized_usd = 0.0
         self.failed_reasons: Counter[str] = Counter()
+        #: Seconds every payment spent in flight, all of them (completed, failed, or cut off by the run's end).
+        self.time_in_system = 0.0
         self.stuck_reasons: Counter[str] = Counter()
         # Compact storage: the recorder's own memory is part of what tracemalloc measures.
         self.latencies = Column("d")
         self.authorization_latencies = Column("d")
         self._in_flight: dict[str, _InFlight] = {}
         self._window: list[float] = []
+        self._last_window: list[float] = []       # the last row's window and counts, to amend it
+        self._last_counts = (0, 0)
         self.recent: deque[tuple[float, float]] = deque()  # (completed at, latency) over the last minute
         self._window_failed = 0
         self._window_arrivals = 0
@@ -203,6 +207,7 @@ class Recorder:
         self.side_effect_latencies: dict[str, Column] = {}
         self.tasks_in_flight = 0
         self.peak_tasks = 0
+        self.tasks_killed: int | None = None
         self.events: list[tuple[float, int, str, str]] = []
         self._event_serial = 0
         self._marks: set[str] = set()
@@ -261,6 +266,7 @@ class Recorder:
             return
         now = self.clock()
         latency = now - entry.started
+        self.time_in_system += latency
         self.authorized += 1
         self.latencies.append(latency)
         self._window.append(latency)
@@ -272,6 +278,7 @@ class Recorder:
         entry = self._in_flight.pop(payment.id, None)
         if entry is None:
             return
+        self.time_in_system += self.clock() - entry.started
         if entry.authorized:
             self._stuck(entry, f"authorized, then {reason}")
         else:
@@ -290,8 +297,10 @@ class Recorder:
 
     def close_in_flight(self) -> None:
         """The run is over: every payment still in flight is stuck in limbo."""
+        now = self.clock()
         for entry in list(self._in_flight.values()):
             del self._in_flight[entry.payment.id]
+            self.time_in_system += now - entry.started
             if entry.authorized:
                 self._stuck(entry, "authorized, still running when the run ended")
             else:
@@ -355,6 +364,10 @@ class Recorder:
     def task_finished(self) -> None:
         self.tasks_in_flight -= 1
 
+    def process_killed(self) -> None:
+        """The process is killed now: the tasks still in flight are the run's end state, not the 0 left after."""
+        self.tasks_killed = self.tasks_in_flight
+
     # ----------------------------------------------------------------- series
     def add_gauge(self, name: str, read: Callable[[], float]) -> None:
         """Sample ``read()`` into a series column called ``name`` every simulated second."""
@@ -366,15 +379,30 @@ class Recorder:
         self._untyped.add(name)
 
     def sample(self, db_in_use: int, db_waiting: int) -> None:
-        """Append one row to the series (called once per simulated second)."""
+        """Append one row to the series (called once per simulated second).
+
+        Sampled twice in the same second (the ticker's row, then the one the
+        run takes as it ends, at that instant or a fraction of a second later),
+        the second sample amends the first row instead of adding another: one
+        row per simulated second, the last describing the run as it ended
+        (still labelled with its whole second), with both samples' arrivals
+        and completions.
+        """
         now = self.clock()
+        t = round(now - self._t0, 6)
+        times = self.series["t"]
+        amend = len(times) > 0 and math.floor(times[-1]) == math.floor(t)
+        if amend:
+            self._window = self._last_window + self._window
+            self._window_arrivals += self._last_counts[0]
+            self._window_failed += self._last_counts[1]
         window = sorted(self._window)
         memory = self.memory.sample()
         if memory > self.memory_peak:
             self.memory_peak = memory
         self.memory_end = memory
         row = {
-            "t": round(now - self._t0, 6),
+            "t": t,
             "clock": round(now, 6),
             "arrivals": self._window_arrivals,
             "completed": len(window),
@@ -382,7 +410,7 @@ class Recorder:
             "p50_ms": round(percentile(window, 50) * 1000, 3) if window else None,
             "p99_ms": round(percentile(window, 99) * 1000, 3) if window else None,
             "in_flight_payments": len(self._in_flight),
-            "in_flight_tasks": self.tasks_in_flight,
+            "in_flight_tasks": self.tasks_in_flight if self.tasks_killed is None else self.tasks_killed,
             "db_in_use": db_in_use,
             "db_waiting": db_waiting,
             "memory_bytes": memory,
@@ -393,11 +421,17 @@ class Recorder:
                 self._untyped.discard(name)
                 if isinstance(value, float):
                     self.series[name] = Column("d", self.series[name], optional=True)
-        # Append column by column; "t" last, so a reader that sizes by "t" sees complete rows.
-        for name, value in row.items():
-            if name != "t":
-                self.series[name].append(value)
-        self.series["t"].append(row["t"])
+        if amend:
+            for name, value in row.items():
+                if name not in ("t", "clock"):   # the row keeps its second's label
+                    self.series[name].set_last(value)
+        else:
+            # Append column by column; "t" last, so a reader that sizes by "t" sees complete rows.
+            for name, value in row.items():
+                if name != "t":
+                    self.series[name].append(value)
+            times.append(t)
+        self._last_window, self._last_counts = self._window, (self._window_arrivals, self._window_failed)
         self._window = []
         self._window_failed = 0
         self._window_arrivals = 0
@@ -454,6 +488,7 @@ class Recorder:
                 "end_bytes": self.memory_end,
                 "how": self.memory.description,
             },
-            "tasks": {"peak_in_flight": self.peak_tasks, "end_in_flight": self.tasks_in_flight},
+            "tasks": {"peak_in_flight": self.peak_tasks,
+                      "end_in_flight": self.tasks_in_flight if self.tasks_killed is None else self.tasks_killed},
             "events": self.sorted_events(),
         }

@@ -96,11 +96,9 @@ def print_run(result: RunResult, console: Console | None = None) -> None:
     console.print(f"tasks: peak {s['tasks']['peak_in_flight']:,} in flight, {s['tasks']['end_in_flight']:,} at the end; "
                   f"DB pool of {s['db_pool_size']}")
     ll = s["littles_law"]
-    console.print(f"Little's law: {ll['arrival_rate_per_s']:.2f} payments/s x {ll['mean_latency_s']:.2f} s = "
-                  f"{ll['predicted_in_flight']:.1f} in flight predicted, {ll['measured_mean_in_flight']:.1f} measured")
-    if pay["stuck"]:
-        console.print(f"  [dim]the prediction uses completed payments only; the {pay['stuck']:,} stuck ones never "
-                      f"finished, so they are in the measurement but not in the mean latency[/]")
+    console.print(f"Little's law over the whole run ({ll['window_s']:,.0f} s): {ll['arrival_rate_per_s']:.2f} "
+                  f"payments/s x {ll['mean_time_in_system_s']:.2f} s in the system = {ll['predicted_in_flight']:.1f} "
+                  f"in flight predicted, {ll['measured_mean_in_flight']:.1f} measured")
     extra: list[tuple[str, str]] = []
     for key, value in s.items():
         if key not in CORE_KEYS:

@@ -92,6 +92,7 @@ def test_series_columns_always_have_the_same_length_even_with_late_gauges():
     rec = Recorder(clock)
     rec.sample(0, 0)
     rec.add_gauge("queue_webhook", lambda: 7)
+    clock.now += 1.0
     rec.sample(1, 0)
     lengths = {name: len(column) for name, column in rec.series.items()}
     assert set(lengths.values()) == {2}
@@ -144,3 +145,20 @@ def test_memory_probe_measures_allocations():
         assert probe.sample() == 0
     with pytest.raises(ValueError, match="memory"):
         MemoryProbe("guess")
+
+
+def test_a_second_sampled_twice_is_one_row_with_both_samples_counts():
+    clock = Clock()
+    rec = Recorder(clock)
+    rec.sample(0, 0)
+    clock.now += 1.0
+    rec.payment_started(payment(1))
+    rec.sample(3, 0)                       # the ticker's row for this second
+    rec.payment_started(payment(2))
+    clock.now += 0.25
+    rec.payment_completed(payment(1))
+    rec.sample(0, 0)                       # the run ends a quarter of a second later: the same second
+    assert rec.series["t"] == [0.0, 1.0]   # one row per second, labelled with its second
+    assert rec.series["arrivals"] == [0, 2]
+    assert rec.series["completed"] == [0, 1]
+    assert rec.series["db_in_use"] == [0, 0] and rec.series["in_flight_payments"] == [0, 1]

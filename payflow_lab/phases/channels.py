@@ -210,6 +210,7 @@ class ChannelPipeline(Pipeline):
         if self.leaked["at_end"]:
             recorder.event(f"shutdown hangs: killed after {SHUTDOWN_GRACE_S:g} s with {self.leaked['at_end']:,} "
                            f"tasks still blocked; {self.lost['total']:,} side effects lost")
+        self.recorder.process_killed()
         if self._tasks is not None:
             self._tasks.cancel_scope.cancel()
 

@@ -89,6 +89,7 @@ class FireAndForgetPipeline(Pipeline):
         if lost["total"]:
             self.recorder.event(f"process stops with {lost['total']:,} side effect(s) in flight, all lost "
                                 f"({lost['by_kind'].get('audit', 0):,} of them audit-log writes)")
+        self.recorder.process_killed()
         if self._tasks is not None:
             self._tasks.cancel_scope.cancel()
 

@@ -66,13 +66,17 @@ def _slope(xs: list[float], ys: list[float]) -> float | None:
 
 
 def growth_while_hanging(series: dict[str, list[Any]]) -> dict[str, Any]:
-    """Tasks and memory growth per simulated minute while endpoints hang (``endpoints_hanging`` == 1)."""
+    """Tasks and memory growth per simulated minute while endpoints hang (``endpoints_hanging`` == 1).
+
+    ``memory_bytes_per_min`` is ``None`` when memory was not measured (a slope of 0 would claim it was flat).
+    """
     rows = [i for i, flag in enumerate(series.get("endpoints_hanging", [])) if flag]
     if len(rows) < 3:
         return {"hang_seconds": len(rows), "tasks_per_min": None, "memory_bytes_per_min": None}
     t = [series["t"][i] for i in rows]
     tasks = _slope(t, [series["in_flight_tasks"][i] for i in rows])
-    memory = _slope(t, [series["memory_bytes"][i] for i in rows])
+    measured = any(series["memory_bytes"])  # all zeros: memory was not measured (--memory off), not flat
+    memory = _slope(t, [series["memory_bytes"][i] for i in rows]) if measured else None
     return {
         "hang_seconds": len(rows),
         "tasks_per_min": None if tasks is None else round(tasks * 60, 1),
