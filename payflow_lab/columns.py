@@ -78,16 +78,15 @@ class Column:
                 raise ValueError("None in a column that is not optional")
             value = math.nan if self.typecode == "d" else _INT_NONE
         with self._lock:
-            if not self._hot:
-                if not self._cold:
-                    raise IndexError("set_last on an empty column")
+            if self._hot:
+                self._hot[-1] = value
+            elif self._cold:
                 assert self._file is not None
-                # The last value is on disk: bring its chunk back into memory.
-                self._cold -= self.chunk
-                self._hot = self._chunk_on_disk(self._cold // self.chunk)[:]
-                self._file.truncate(self._cold * self._hot.itemsize)
+                item = array(self.typecode, [value])    # the last value is on disk: overwrite it in place
+                os.pwrite(self._file.fileno(), item.tobytes(), (self._cold - 1) * item.itemsize)
                 self._cache_at = -1
-            self._hot[-1] = value
+            else:
+                raise IndexError("set_last on an empty column")
 
     def _spill(self) -> None:
         with self._lock:

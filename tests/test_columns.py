@@ -72,3 +72,15 @@ def test_a_reader_in_another_thread_never_sees_a_gap() -> None:
     stop.set()
     reader.join()
     assert not bad and column == list(range(20_000))
+
+
+def test_the_last_value_can_be_amended_even_when_it_is_on_disk() -> None:
+    column = Column("q", range(8), chunk=4)           # 8 values: both chunks on disk, none in memory
+    assert column.in_memory == 0
+    column.set_last(70)
+    assert column == [0, 1, 2, 3, 4, 5, 6, 70]
+    column.append(8)
+    column.set_last(80)
+    assert column == [0, 1, 2, 3, 4, 5, 6, 70, 80]
+    with pytest.raises(IndexError):
+        Column("d").set_last(1.0)
