@@ -63,20 +63,14 @@ class Column:
 
     # ------------------------------------------------------------------ writing
     def append(self, value: Any) -> None:
-        if value is None:
-            if not self.optional:
-                raise ValueError("None in a column that is not optional")
-            value = math.nan if self.typecode == "d" else _INT_NONE
+        value = self._stored(value)
         self._hot.append(value)
         if len(self._hot) >= self.chunk:
             self._spill()
 
     def set_last(self, value: Any) -> None:
         """Replace the last value (a row amended at the end of a run). The column must not be empty."""
-        if value is None:
-            if not self.optional:
-                raise ValueError("None in a column that is not optional")
-            value = math.nan if self.typecode == "d" else _INT_NONE
+        value = self._stored(value)
         with self._lock:
             if self._hot:
                 self._hot[-1] = value
@@ -87,6 +81,14 @@ class Column:
                 self._cache_at = -1
             else:
                 raise IndexError("set_last on an empty column")
+
+    def _stored(self, value: Any) -> Any:
+        """``value`` as stored: ``None`` becomes the column's sentinel (NaN, or the smallest integer)."""
+        if value is None:
+            if not self.optional:
+                raise ValueError("None in a column that is not optional")
+            return math.nan if self.typecode == "d" else _INT_NONE
+        return value
 
     def _spill(self) -> None:
         with self._lock:

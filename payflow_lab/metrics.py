@@ -368,6 +368,11 @@ class Recorder:
         """The process is killed now: the tasks still in flight are the run's end state, not the 0 left after."""
         self.tasks_killed = self.tasks_in_flight
 
+    @property
+    def tasks_at_end(self) -> int:
+        """Tasks in flight now, or, once the process was killed, the ones it killed."""
+        return self.tasks_in_flight if self.tasks_killed is None else self.tasks_killed
+
     # ----------------------------------------------------------------- series
     def add_gauge(self, name: str, read: Callable[[], float]) -> None:
         """Sample ``read()`` into a series column called ``name`` every simulated second."""
@@ -410,7 +415,7 @@ class Recorder:
             "p50_ms": round(percentile(window, 50) * 1000, 3) if window else None,
             "p99_ms": round(percentile(window, 99) * 1000, 3) if window else None,
             "in_flight_payments": len(self._in_flight),
-            "in_flight_tasks": self.tasks_in_flight if self.tasks_killed is None else self.tasks_killed,
+            "in_flight_tasks": self.tasks_at_end,
             "db_in_use": db_in_use,
             "db_waiting": db_waiting,
             "memory_bytes": memory,
@@ -489,6 +494,6 @@ class Recorder:
                 "how": self.memory.description,
             },
             "tasks": {"peak_in_flight": self.peak_tasks,
-                      "end_in_flight": self.tasks_in_flight if self.tasks_killed is None else self.tasks_killed},
+                      "end_in_flight": self.tasks_at_end},
             "events": self.sorted_events(),
         }
