@@ -15,7 +15,7 @@ The figures:
     every allocation costs about a factor of three).
 ``backends``
     the same Phase 1 run on the asyncio virtual-time loop and on trio's
-    ``MockClock``: the measurement behind the default backend.
+    virtual clock: the measurement behind the default backend.
 ``live``
     how promptly a live lesson answers Pause and a fault change, and the
     pace it keeps (:mod:`payflow_lab.lab.livebench`).
@@ -98,7 +98,7 @@ def bench_backends(quick: bool) -> list[Row]:
          "key": f"backends.{backend}", "value": round(rate, 1), "unit": "payments/s"}
         for backend, rate in rates.items()
     ]
-    rows.append({"name": "asyncio virtual loop / trio MockClock", "key": "backends.ratio",
+    rows.append({"name": "asyncio virtual loop / trio virtual clock", "key": "backends.ratio",
                  "value": round(rates["asyncio"] / rates["trio"], 2), "unit": "x"})
     return rows
 

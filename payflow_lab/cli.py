@@ -195,7 +195,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--duration", type=_float, default=None,
                      help="simulated seconds to run (default: the scenario's own length)")
     backends = {"asyncio": "a small asyncio loop whose clock jumps to the next timer (the faster one)",
-                "trio": "trio's MockClock with autojump"}
+                "trio": "a trio clock that jumps to the next deadline"}
     run.add_argument("--backend", choices=list(BACKENDS), default=DEFAULT_BACKEND,
                      help=_choices_help(f"virtual-time backend (default {DEFAULT_BACKEND}):",
                                         {name: backends.get(name, "") for name in BACKENDS}))

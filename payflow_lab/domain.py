@@ -152,7 +152,7 @@ class Merchant:
         _require_int("merchant.webhook_burst", self.webhook_burst, minimum=1, maximum=1_000_000)
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, weakref_slot=True)
 class Payment:
     """One card payment, as PayFlow receives it.
 

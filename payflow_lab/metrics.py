@@ -296,15 +296,19 @@ class Recorder:
             self.stuck_authorized_usd += dollars
 
     def close_in_flight(self) -> None:
-        """The run is over: every payment still in flight is stuck in limbo."""
+        """The run is over: every payment still in flight is stuck in limbo.
+
+        The run drained first (:data:`payflow_lab.runner.DRAIN_SECONDS`): a
+        payment still here did not finish in all that time.
+        """
         now = self.clock()
         for entry in list(self._in_flight.values()):
             del self._in_flight[entry.payment.id]
             self.time_in_system += now - entry.started
             if entry.authorized:
-                self._stuck(entry, "authorized, still running when the run ended")
+                self._stuck(entry, "authorized, never finished (still in flight when the run ended)")
             else:
-                self._stuck(entry, "waiting, not yet authorized, when the run ended")
+                self._stuck(entry, "never authorized (still waiting when the run ended)")
 
     @property
     def in_flight_payments(self) -> int:

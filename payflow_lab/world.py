@@ -1,7 +1,12 @@
 """The simulated PayFlow world: merchants, downstream services, the database pool and the faults.
 
 Everything a phase talks to lives here, and every random draw comes from the
-world's one seeded :class:`random.Random`. The services only *take time*
+world's one seed. Customers (who arrives when, paying what) come from one
+seeded :class:`random.Random`, drawn in arrival order. A service call's dice
+are named by the call (:meth:`World.dice`: the payment, the service, and how
+many times that payment has called it), so the same call gets the same
+numbers whichever task the scheduler happens to run first, on asyncio and
+trio alike. The services only *take time*
 (``anyio.sleep``) and sometimes fail; they never look at a wall clock, so the
 same world runs in virtual time (tests, CLI, notebook summaries), paced (live
 notebooks) or in real time.
@@ -25,12 +30,14 @@ from __future__ import annotations
 import bisect
 import math
 import random
+import weakref
 from collections.abc import Awaitable, Callable
 
 import anyio
 
 from . import calibration as cal
 from .db import ConnectionPool
+from .dice import Dice
 from .domain import CURRENCIES, EndpointProfile, Merchant, MerchantDirectory, Payment, Tier, ValidationError
 from .faults import EndpointMode, FaultPlan
 from .metrics import Recorder
@@ -61,7 +68,7 @@ class EndpointError(Exception):
     """A merchant's webhook endpoint answered with an error or refused the connection."""
 
 
-def _lognormal(rng: random.Random, dist: cal.Distribution) -> float:
+def _lognormal(rng: random.Random | Dice, dist: cal.Distribution) -> float:
     return rng.lognormvariate(dist.mu, dist.sigma)
 
 
@@ -91,11 +98,15 @@ class World:
         self.scale = float(scale)
         # One seed, owned by the world, split into independent named streams: the merchants, the
         # customers (who arrives when, paying what, and what the card network will answer) and the
-        # services (how long each call takes, whether it fails). Every phase meets the same
-        # merchants and the same customers at the same moments, whatever it does with them.
-        self.rng = random.Random(f"payflow:{seed}:services")
+        # service calls (how long each takes, whether it fails: see dice()). Every phase meets the
+        # same merchants and the same customers at the same moments, whatever it does with them.
         self.traffic_rng = random.Random(f"payflow:{seed}:customers")
         self._merchant_rng = random.Random(f"payflow:{seed}:merchants")
+        #: A sequence for code outside the phases that draws in one task's order (the durable
+        #: pipeline's real-time traffic, say). Concurrent calls use :meth:`dice` instead.
+        self.rng = random.Random(f"payflow:{seed}:services")
+        self._dice_prefix = f"payflow:{seed}:".encode()
+        self._calls: weakref.WeakKeyDictionary[Payment, dict[str, int]] = weakref.WeakKeyDictionary()
         self._card_fates: dict[str, tuple[float, bool]] = {}
         self.clock = clock
         self.recorder = recorder
@@ -192,70 +203,97 @@ class World:
         return payment
 
     # ------------------------------------------------------------- services
+    def dice(self, payment: Payment, purpose: str, attempt: int | None = None) -> Dice:
+        """The dice for ``payment``'s next call of ``purpose`` (a service name, "retry-jitter", ...).
+
+        The n-th call of one purpose for one payment always gets the same
+        numbers, whichever order concurrent tasks run in: that is what makes a
+        seed tell the same story on asyncio and trio. The world counts the
+        calls per payment object (a small dict while the object lives, no
+        longer); a caller that keeps its own count, across processes even (the
+        outbox does), passes ``attempt`` instead.
+        """
+        if attempt is None:
+            calls = self._calls.get(payment)
+            if calls is None:
+                calls = self._calls[payment] = {}
+            n = calls.get(purpose, 0) + 1
+            calls[purpose] = n
+        elif isinstance(attempt, bool) or not isinstance(attempt, int) or attempt < 1:
+            raise ValidationError("attempt", f"must be a positive integer (1 for the first try), got {attempt!r}")
+        else:
+            n = attempt
+        return Dice(self._dice_prefix + f"{purpose}:{payment.id}:{n}".encode())
+
     async def authorize(self, payment: Payment) -> None:
         """Ask the gateway to authorize ``payment``; raise :class:`Declined` if the card is declined."""
         fate = self._card_fates.pop(payment.id, None)
         if fate is None:  # a payment from outside the traffic generator
-            fate = (_lognormal(self.rng, cal.AUTHORIZATION), self.rng.random() < cal.DECLINE_RATE)
+            dice = self.dice(payment, "authorize")
+            fate = (_lognormal(dice, cal.AUTHORIZATION), dice.random() < cal.DECLINE_RATE)
         latency, declined = fate
         await anyio.sleep(latency)
         if declined:
             raise Declined("card declined by the network")
         self.recorder.payment_authorized(payment, latency)
 
-    async def db_query(self) -> None:
-        """One fast query on a connection the caller holds."""
-        await anyio.sleep(_lognormal(self.rng, cal.DB_QUERY))
+    async def db_query(self, payment: Payment) -> None:
+        """One fast query about ``payment`` on a connection the caller holds."""
+        await anyio.sleep(_lognormal(self.dice(payment, "db_query"), cal.DB_QUERY))
 
-    async def deliver_webhook(self, payment: Payment) -> None:
+    async def deliver_webhook(self, payment: Payment, *, attempt: int | None = None) -> None:
         """POST ``payment.authorized`` to the payment's merchant. Slow, failing or hanging as the fault plan says.
 
         Raises :class:`EndpointError` on a 5xx or a refused connection. A
         hanging endpoint never returns: only the caller's timeout (a cancel
-        scope) ends the call.
+        scope) ends the call. ``attempt``: see :meth:`dice` (every service takes it).
         """
         merchant = self.merchants[payment.merchant_id]
         faults = self.faults
         mode, extra_error = faults.endpoint_mode(merchant.id, merchant.tier)
-        rng = self.rng
+        dice = self.dice(payment, "webhook", attempt)
         if mode is EndpointMode.DOWN:
-            await anyio.sleep(0.005 + 0.01 * rng.random())
+            await anyio.sleep(0.005 + 0.01 * dice.random())
             raise EndpointError("connection refused")
-        if mode is EndpointMode.HANG or (faults.webhook_hang_rate and rng.random() < faults.webhook_hang_rate):
+        if mode is EndpointMode.HANG or (faults.webhook_hang_rate and dice.random() < faults.webhook_hang_rate):
+            del dice  # a hung call lives long: keep nothing it does not need
             await anyio.sleep_forever()
         profile = merchant.endpoint
-        latency = rng.lognormvariate(math.log(profile.median_latency_s), profile.sigma)
+        latency = dice.lognormvariate(math.log(profile.median_latency_s), profile.sigma)
         latency *= faults.webhook_latency_multiplier
-        failed = rng.random() < max(profile.error_rate, extra_error)
+        failed = dice.random() < max(profile.error_rate, extra_error)
+        del dice
         await anyio.sleep(latency)
         if failed:
             raise EndpointError("HTTP 503 from merchant endpoint")
 
-    async def _db_write(self, dist: cal.Distribution, checkout_timeout: float | None) -> None:
-        duration = _lognormal(self.rng, dist)
+    async def _db_write(self, payment: Payment, kind: str, checkout_timeout: float | None, attempt: int | None) -> None:
+        duration = _lognormal(self.dice(payment, kind, attempt), cal.SIDE_EFFECTS[kind])
         async with self.pool.connection(checkout_timeout):
             await anyio.sleep(duration)
 
-    async def write_analytics(self, payment: Payment, *, checkout_timeout: float | None = None) -> None:
+    async def write_analytics(self, payment: Payment, *, checkout_timeout: float | None = None,
+                              attempt: int | None = None) -> None:
         """Write the analytics row (~2 s). A database write: needs its own connection.
 
         ``checkout_timeout`` bounds the wait for that connection (``None``: wait for ever).
         """
-        await self._db_write(cal.SIDE_EFFECTS["analytics"], checkout_timeout)
+        await self._db_write(payment, "analytics", checkout_timeout, attempt)
 
-    async def write_audit_log(self, payment: Payment, *, checkout_timeout: float | None = None) -> None:
+    async def write_audit_log(self, payment: Payment, *, checkout_timeout: float | None = None,
+                              attempt: int | None = None) -> None:
         """Append to the audit log (~1 s). A database write: needs its own connection (see :meth:`write_analytics`)."""
-        await self._db_write(cal.SIDE_EFFECTS["audit"], checkout_timeout)
+        await self._db_write(payment, "audit", checkout_timeout, attempt)
 
-    async def update_risk_score(self, payment: Payment) -> None:
+    async def update_risk_score(self, payment: Payment, *, attempt: int | None = None) -> None:
         """Recalculate the merchant's risk score (~3 s)."""
-        await anyio.sleep(_lognormal(self.rng, cal.SIDE_EFFECTS["risk"]))
+        await anyio.sleep(_lognormal(self.dice(payment, "risk", attempt), cal.SIDE_EFFECTS["risk"]))
 
-    async def notify_fraud(self, payment: Payment) -> None:
+    async def notify_fraud(self, payment: Payment, *, attempt: int | None = None) -> None:
         """Tell the fraud system about the payment (~2 s)."""
-        await anyio.sleep(_lognormal(self.rng, cal.SIDE_EFFECTS["fraud"]))
+        await anyio.sleep(_lognormal(self.dice(payment, "fraud", attempt), cal.SIDE_EFFECTS["fraud"]))
 
-    def service(self, kind: str) -> Callable[[Payment], Awaitable[None]]:
+    def service(self, kind: str) -> Callable[..., Awaitable[None]]:
         """The service behind side effect ``kind`` (one of :data:`SIDE_EFFECT_KINDS`)."""
         services = {
             "webhook": self.deliver_webhook,

@@ -102,9 +102,9 @@ class DurablePipeline(Pipeline):
     async def process_payment(self, payment: Payment) -> None:
         world = self.world
         async with world.pool.connection(timeout=CHECKOUT_TIMEOUT_S):
-            await world.db_query()                    # INSERT the payment as pending
+            await world.db_query(payment)             # INSERT the payment as pending
             await world.authorize(payment)            # the only step the customer needs
-            await world.db_query()                    # the COMMIT's latency...
+            await world.db_query(payment)             # the COMMIT's latency...
             self.outbox.record_authorization(payment)  # ...and the commit: the record and its events, atomically
         self.recorded += 1
         for kind in self.outbox.kinds:

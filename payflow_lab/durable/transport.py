@@ -113,21 +113,26 @@ class SimulatedTransport:
         self.checkout_timeout = checkout_timeout
         self.ack_latency = float(ack_latency)
         self._services = {kind: world.service(kind) for kind in SIDE_EFFECT_KINDS}
+        # The attempt each event's last send was (the outbox's count covers earlier processes; retries within
+        # one delivery count here), so that every try draws new dice, a replay after a restart included.
+        self._last_attempt: dict[str, int] = {}
 
     async def send(self, event: OutboxEvent) -> None:
         payment = event.payment()
         service = self._services[event.kind]
+        attempt = self._last_attempt[event.event_id] = max(event.attempts, self._last_attempt.get(event.event_id, 0)) + 1
         try:
             if event.kind in DB_WRITES:
-                await service(payment, checkout_timeout=self.checkout_timeout)
+                await service(payment, checkout_timeout=self.checkout_timeout, attempt=attempt)
             else:
-                await service(payment)
+                await service(payment, attempt=attempt)
         except EndpointError as exc:
             raise DeliveryFailed(str(exc), status=503) from exc
         except PoolTimeout as exc:
             raise DeliveryFailed(str(exc)) from exc
         # The receiver applies it (once, however many times it is delivered), then its answer travels back:
         # a sender that dies during ``ack_latency`` has delivered without knowing it.
+        self._last_attempt.pop(event.event_id, None)
         self.ledger.apply(event.event_id, event.kind, payment, at=self.world.clock())
         if self.ack_latency:
             await anyio.sleep(self.ack_latency)

@@ -132,9 +132,9 @@ class ChannelPipeline(Pipeline):
     async def process_payment(self, payment: Payment) -> None:
         world = self.world
         async with world.pool.connection():
-            await world.db_query()                       # INSERT the payment as pending
+            await world.db_query(payment)                # INSERT the payment as pending
             await world.authorize(payment)
-            await world.db_query()                       # UPDATE status, COMMIT
+            await world.db_query(payment)                # UPDATE status, COMMIT
         job = Job(payment, world.clock())
         for kind, inbox in self.inboxes.items():
             self.recorder.side_effect_started(kind)

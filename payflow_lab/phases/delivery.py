@@ -288,7 +288,8 @@ class WebhookDelivery:
                 return
             held = [permit]
             try:
-                await self.retry_policy(merchant).run(self._attempt, breaker, job, held)
+                await self.retry_policy(merchant).run(self._attempt, breaker, job, held,
+                                                      jitter_rng=self.world.dice(job.payment, "retry"))
             except BreakerOpen as exc:
                 self._defer(job, "breaker_open", PUMP_INTERVAL_S if exc.retry_after is None else exc.retry_after)
             except RetryExhausted as exc:

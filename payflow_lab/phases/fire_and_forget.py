@@ -65,9 +65,9 @@ class FireAndForgetPipeline(Pipeline):
     async def process_payment(self, payment: Payment) -> None:
         world = self.world
         async with world.pool.connection():
-            await world.db_query()                        # INSERT the payment as pending
+            await world.db_query(payment)                 # INSERT the payment as pending
             await world.authorize(payment)
-            await world.db_query()                        # UPDATE status, COMMIT
+            await world.db_query(payment)                 # UPDATE status, COMMIT
         for kind in SIDE_EFFECT_KINDS:                    # the quick fix: fire, and forget
             self._tasks.start_soon(self.tracked, self.side_effect, kind, world.service(kind), payment)
 

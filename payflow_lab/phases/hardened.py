@@ -116,7 +116,7 @@ class HardenedPipeline(Pipeline):
         """
         service = self.world.service(kind)
         options = {"checkout_timeout": SIDE_EFFECT_CHECKOUT_TIMEOUT_S} if kind in DB_WRITES else {}
-        rng = self.world.rng
+        world = self.world
 
         async def call(payment: Payment) -> None:
             try:
@@ -125,7 +125,7 @@ class HardenedPipeline(Pipeline):
                 return
             except TimeoutError:
                 self.second_tries[kind] += 1
-            await anyio.sleep(rng.uniform(0.0, SECOND_TRY_JITTER_S))  # don't retry in lockstep
+            await anyio.sleep(world.dice(payment, kind + "-jitter").uniform(0.0, SECOND_TRY_JITTER_S))  # not in lockstep
             try:
                 with anyio.fail_after(CALL_TIMEOUT_S):
                     await service(payment, **options)
@@ -162,9 +162,9 @@ class HardenedPipeline(Pipeline):
     async def process_payment(self, payment: Payment) -> None:
         world = self.world
         async with world.pool.connection(timeout=CHECKOUT_TIMEOUT_S):
-            await world.db_query()              # INSERT the payment as pending
+            await world.db_query(payment)       # INSERT the payment as pending
             await world.authorize(payment)      # the only step the customer needs
-            await world.db_query()              # UPDATE status, COMMIT
+            await world.db_query(payment)       # UPDATE status, COMMIT
         recorder = self.recorder
         for kind in SIDE_EFFECT_KINDS:
             recorder.side_effect_started(kind)

@@ -111,9 +111,9 @@ class HookBusPipeline(Pipeline):
     async def process_payment(self, payment: Payment) -> None:
         world = self.world
         async with world.pool.connection(timeout=CHECKOUT_TIMEOUT_S):
-            await world.db_query()              # INSERT the payment as pending
+            await world.db_query(payment)       # INSERT the payment as pending
             await world.authorize(payment)      # the only step the customer needs
-            await world.db_query()              # UPDATE status, COMMIT
+            await world.db_query(payment)       # UPDATE status, COMMIT
         recorder = self.recorder
         for kind in SIDE_EFFECT_KINDS:
             recorder.side_effect_started(kind)

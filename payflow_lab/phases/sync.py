@@ -50,14 +50,14 @@ class SynchronousPipeline(Pipeline):
     async def process_payment(self, payment: Payment) -> None:
         world = self.world
         async with world.pool.connection():              # held until the very end
-            await world.db_query()                       # INSERT the payment as pending
+            await world.db_query(payment)                # INSERT the payment as pending
             await world.authorize(payment)               # the only step the customer needs
             await self.send_merchant_webhook(payment)    # up to 3 tries x 5 s
             await self.step("analytics", world.write_analytics, payment)  # borrows a 2nd connection
             await self.step("audit", world.write_audit_log, payment)      # borrows a 2nd connection
             await self.step("risk", world.update_risk_score, payment)
             await self.step("fraud", world.notify_fraud, payment)
-            await world.db_query()                       # UPDATE status, COMMIT
+            await world.db_query(payment)                # UPDATE status, COMMIT
 
     async def send_merchant_webhook(self, payment: Payment) -> None:
         """The original helper: 5 s timeout, immediate retry, log and carry on if all attempts fail."""

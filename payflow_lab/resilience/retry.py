@@ -30,7 +30,9 @@ virtual under :func:`payflow_lab.vtime.run_virtual`. tenacity's own random
 waits (``wait_random_exponential``, ``wait_random``) draw from the global
 :mod:`random` module, which would make runs irreproducible, so the jittered
 waits here are tenacity wait strategies that draw from an injected
-:class:`random.Random` (the world's RNG in the simulation).
+:class:`random.Random`, or per call from a :class:`~payflow_lab.dice.Dice`
+(``run(..., jitter_rng=world.dice(payment, "retry"))`` in the simulation, so
+that which call retries first cannot change anyone's wait).
 """
 
 from __future__ import annotations
@@ -44,6 +46,7 @@ from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type
 from tenacity.stop import stop_base
 from tenacity.wait import wait_base, wait_exponential
 
+from ..dice import Dice
 from ..domain import ValidationError
 from ._checks import exception_types, integer, number
 from .budget import RetryBudget
@@ -68,18 +71,22 @@ def _check_delays(base_delay: float, max_delay: float) -> tuple[float, float]:
     return base, cap
 
 
-def _check_rng(rng: object) -> random.Random:
-    if not isinstance(rng, random.Random):
-        raise ValidationError("rng", f"must be a random.Random (pass the world's rng), got {rng!r}")
+def _check_rng(rng: object) -> random.Random | Dice:
+    if not isinstance(rng, (random.Random, Dice)):
+        raise ValidationError("rng", f"must be a random.Random or a Dice (pass the world's rng), got {rng!r}")
     return rng
 
 
 class FullJitter(wait_base):
     """tenacity wait: uniform in ``[0, min(max_delay, base_delay * 2**n)]`` for retry ``n``, drawn from ``rng``."""
 
-    def __init__(self, base_delay: float, max_delay: float, rng: random.Random) -> None:
+    def __init__(self, base_delay: float, max_delay: float, rng: random.Random | Dice) -> None:
         self.base_delay, self.max_delay = _check_delays(base_delay, max_delay)
         self.rng = _check_rng(rng)
+
+    def using(self, rng: random.Random | Dice) -> FullJitter:
+        """The same schedule, drawing from ``rng``."""
+        return FullJitter(self.base_delay, self.max_delay, rng)
 
     def ceiling(self, retry: int) -> float:
         """The upper bound of retry ``retry``'s sleep (0 for the first retry)."""
@@ -96,9 +103,13 @@ class FullJitter(wait_base):
 class DecorrelatedJitter(wait_base):
     """tenacity wait: uniform in ``[base_delay, 3 * previous]``, capped at ``max_delay``, drawn from ``rng``."""
 
-    def __init__(self, base_delay: float, max_delay: float, rng: random.Random) -> None:
+    def __init__(self, base_delay: float, max_delay: float, rng: random.Random | Dice) -> None:
         self.base_delay, self.max_delay = _check_delays(base_delay, max_delay)
         self.rng = _check_rng(rng)
+
+    def using(self, rng: random.Random | Dice) -> DecorrelatedJitter:
+        """The same schedule, drawing from ``rng``."""
+        return DecorrelatedJitter(self.base_delay, self.max_delay, rng)
 
     def delay(self, previous: float | None) -> float:
         """Draw the next sleep after a sleep of ``previous`` seconds (``None`` before the first retry)."""
@@ -189,12 +200,19 @@ class RetryPolicy:
         self.retries = 0
         self.exhausted: dict[str, int] = {RETRIES_EXHAUSTED: 0, RETRY_BUDGET_EMPTY: 0}
 
-    async def run(self, fn: Callable[..., Awaitable[T]], *args: Any, **kwargs: Any) -> T:
+    async def run(self, fn: Callable[..., Awaitable[T]], *args: Any,
+                  jitter_rng: random.Random | Dice | None = None, **kwargs: Any) -> T:
         """``await fn(*args, **kwargs)``, retrying as configured; raise :class:`RetryExhausted` on giving up.
 
         Exceptions outside ``retry_on`` propagate unchanged on the first
-        occurrence, as does cancellation.
+        occurrence, as does cancellation. ``jitter_rng``, if given, draws this
+        call's jitter instead of the policy's ``rng``: pass
+        ``world.dice(payment, "retry")`` so that concurrent calls cannot change
+        each other's waits by the order they happen to retry in.
         """
+        wait = self.wait
+        if jitter_rng is not None and isinstance(wait, (FullJitter, DecorrelatedJitter)):
+            wait = wait.using(_check_rng(jitter_rng))
         stop = _StopRule(self)
         budget = self.budget
         self.calls += 1
@@ -234,7 +252,7 @@ class RetryPolicy:
                 self.on_retry(state.attempt_number, state.outcome.exception(), state.upcoming_sleep)  # type: ignore[arg-type]
 
         # A fresh AsyncRetrying per call: tenacity keeps per-iteration state on the object.
-        retrying = AsyncRetrying(sleep=anyio.sleep, stop=stop, wait=self.wait,
+        retrying = AsyncRetrying(sleep=anyio.sleep, stop=stop, wait=wait,
                                  retry=retry_if_exception_type(self.retry_on),
                                  before_sleep=before_sleep, retry_error_callback=give_up)
         return await retrying(attempt)
