@@ -22,15 +22,14 @@ import difflib
 import json
 import sys
 import textwrap
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from typing import Any, NoReturn
 
 from .domain import ValidationError
 
-__all__ = ["main", "build_parser", "EXTENSIONS"]
+__all__ = ["main", "build_parser"]
 
 #: Hooks for later features: each is called with the subparsers object and may add a subcommand.
-EXTENSIONS: list[Callable[[Any], None]] = []
 
 
 class UsageError(Exception):
@@ -231,12 +230,11 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--only", action="append", choices=list(BENCHMARKS), metavar="GROUP",
                        help="run only this group (repeatable): " + ", ".join(BENCHMARKS))
 
-    from .durable import cli as _durable_cli  # noqa: F401  (registers `realtime` and `replay`)
+    from .durable.cli import register as _register_durable  # `realtime` and `replay`
     from .workshop import register as _register_lessons
 
     _register_lessons(sub)
-    for extend in EXTENSIONS:
-        extend(sub)
+    _register_durable(sub)
     return parser
 
 

@@ -96,7 +96,8 @@ class Controls:
         if pace is None:
             return None
         low, high = PACE_LIMITS
-        if isinstance(pace, bool) or not isinstance(pace, (int, float)) or not math.isfinite(pace) or not low <= pace <= high:
+        if (isinstance(pace, bool) or not isinstance(pace, (int, float)) or not math.isfinite(pace)
+                or not low <= pace <= high):
             raise ValidationError("pace", f"must be between {low:g} and {high:g} simulated seconds per second, "
                                           f"got {pace!r}")
         return float(pace)

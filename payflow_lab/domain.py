@@ -15,9 +15,9 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Iterable, Iterator, Mapping
-from typing import Any
 from dataclasses import dataclass
 from enum import Enum
+from typing import Any
 
 __all__ = [
     "CURRENCIES",

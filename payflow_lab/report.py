@@ -8,6 +8,7 @@ from rich.console import Console
 from rich.table import Table
 
 from .runner import RunResult
+from .units import format_bytes, format_ms
 
 __all__ = ["CORE_KEYS", "format_bytes", "format_ms", "print_run", "timeline_table"]
 
@@ -17,23 +18,6 @@ CORE_KEYS = {
     "side_effects", "memory", "tasks", "events", "phase_name", "backend", "story_window", "authorization_ms",
     "moments", "littles_law", "db_pool_size", "payments_per_wall_second",
 }
-
-
-def format_ms(value: float | None) -> str:
-    """Milliseconds as a person reads them: ``152 ms`` or ``13.5 s``."""
-    if value is None:
-        return "-"
-    return f"{value:,.0f} ms" if value < 1000 else f"{value / 1000:,.1f} s"
-
-
-def format_bytes(value: float | None) -> str:
-    if value is None:
-        return "-"
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if abs(value) < 1024 or unit == "GiB":
-            return f"{value:,.0f} {unit}" if unit == "B" else f"{value:,.1f} {unit}"
-        value /= 1024
-    return f"{value:,.1f} GiB"
 
 
 def timeline_table(events: list[dict[str, str]], title: str = "Timeline (story time)") -> Table:
@@ -93,7 +77,8 @@ def print_run(result: RunResult, console: Console | None = None) -> None:
     else:
         console.print(f"memory: start {format_bytes(mem['start_bytes'])}, peak {format_bytes(mem['peak_bytes'])}, "
                       f"end {format_bytes(mem['end_bytes'])}  [dim]({mem['how']})[/]")
-    console.print(f"tasks: peak {s['tasks']['peak_in_flight']:,} in flight, {s['tasks']['end_in_flight']:,} at the end; "
+    tasks = s["tasks"]
+    console.print(f"tasks: peak {tasks['peak_in_flight']:,} in flight, {tasks['end_in_flight']:,} at the end; "
                   f"DB pool of {s['db_pool_size']}")
     ll = s["littles_law"]
     console.print(f"Little's law over the whole run ({ll['window_s']:,.0f} s): {ll['arrival_rate_per_s']:.2f} "

@@ -33,9 +33,9 @@ from typing import Any, TypeVar
 import anyio
 import anyio.abc
 
+from .controls import CHECKPOINT_S, Controls
 from .db import PoolTimeout
 from .domain import Payment, ValidationError
-from .controls import CHECKPOINT_S, Controls
 from .faults import FaultPlan
 from .metrics import MemoryProbe, Recorder, hhmmss
 from .phases import Pipeline, get_phase
@@ -113,7 +113,8 @@ class RunConfig:
             raise ValidationError("duration", f"must be more than 0 and at most 86400 simulated seconds, "
                                               f"got {self.duration!r}")
         if self.memory not in MemoryProbe.DESCRIPTIONS:
-            raise ValidationError("memory", f"must be one of {', '.join(MemoryProbe.DESCRIPTIONS)}, got {self.memory!r}")
+            raise ValidationError("memory",
+                                  f"must be one of {', '.join(MemoryProbe.DESCRIPTIONS)}, got {self.memory!r}")
         if not isinstance(self.faults, Mapping):
             raise ValidationError("faults", f"must be a mapping of fault settings, got {self.faults!r}")
         try:
@@ -320,7 +321,7 @@ class Simulation:
         recorder = self.recorder
         assert recorder is not None
         with anyio.move_on_after(grace):
-            while recorder.in_flight_payments:
+            while recorder.in_flight_payments:  # noqa: ASYNC110  a shutdown loop's look, four times a second
                 await anyio.sleep(0.25)
 
     async def _ticker(self) -> None:

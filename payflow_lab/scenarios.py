@@ -65,7 +65,6 @@ class Scenario:
 
     def __post_init__(self) -> None:
         from .domain import ValidationError
-
         from .faults import FaultPlan
 
         def number(value: Any) -> bool:

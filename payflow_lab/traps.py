@@ -122,7 +122,7 @@ async def _full_collection() -> None:
             await asyncio.sleep(0)
             if seen.get("finished"):
                 return
-            time.sleep(0.005)           # another thread's collection was under way: let it finish
+            time.sleep(0.005)  # noqa: ASYNC251  another thread's collection was under way: let it finish
     finally:
         gc.callbacks.remove(watch)
 

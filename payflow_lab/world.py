@@ -305,7 +305,8 @@ class World:
         try:
             return services[kind]
         except KeyError:
-            raise ValidationError("side_effect", f"unknown side effect {kind!r}; known: {', '.join(services)}") from None
+            known = ", ".join(services)
+            raise ValidationError("side_effect", f"unknown side effect {kind!r}; known: {known}") from None
 
     # ------------------------------------------------------------ internals
     def _pool_exhausted(self) -> None:

@@ -140,7 +140,7 @@ def test_engine_errors_name_the_option_as_typed(args: list[str], flag: str,
 
 
 # ------------------------------------------------------------------------- progress
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def small_run(scenario: str, phase: int) -> pf.RunResult:
     return pf.run(scenario, phase=phase, seed=7, scale=0.02, memory="off")
 

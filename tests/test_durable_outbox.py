@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import anyio
+import anyio.lowlevel
 import pytest
 
 from payflow_lab.domain import Payment, ValidationError
@@ -145,7 +146,7 @@ def test_the_outbox_is_the_hook_bus_spill_store_for_overflow_and_shutdown() -> N
         async with bus:
             for n in range(1, 5):
                 bus.emit("payment.authorized", payment(n))
-                await anyio.sleep(0)  # the worker takes the first one; the queue holds one more
+                await anyio.lowlevel.checkpoint()  # the worker takes the first one; the queue holds one more
             report = await bus.aclose(0)
         return bus.stats()["webhook"], report
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import anyio
+import anyio.lowlevel
 import pytest
 
 from payflow_lab.hooks import (
@@ -24,7 +25,7 @@ def backend(request: pytest.FixtureRequest) -> str:
 
 
 async def nothing(payload: object) -> None:
-    await anyio.sleep(0)
+    await anyio.lowlevel.checkpoint()
 
 
 def test_hook_returns_a_handle_with_its_settings() -> None:
@@ -53,7 +54,7 @@ def test_decorator_registers_and_returns_the_function_unchanged() -> None:
 
     @bus.on("payment.authorized", workers=2, name="webhook")
     async def send_webhook(payment: object) -> None:
-        await anyio.sleep(0)
+        await anyio.lowlevel.checkpoint()
 
     assert callable(send_webhook) and send_webhook.__name__ == "send_webhook"
     [handle] = bus.hooks()

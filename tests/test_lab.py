@@ -26,8 +26,18 @@ from payflow_lab.lab import ControlPanel, Dashboard, LiveSession, close_all, liv
 from payflow_lab.lab.dashboard import MAX_UPDATES_PER_S, RECENT_ROWS
 from payflow_lab.lab.env import Check, _package, check_environment, environment_html, environment_ok
 from payflow_lab.lab.panel import BUTTON_STATES, PACE_LIMITS
-from payflow_lab.lab.plots import (MAX_POINTS, PALETTE, RollingPercentiles, describe_figure, display_value,
-                                   expand_columns, latency_figure, rolling_latency, story_x, thin)
+from payflow_lab.lab.plots import (
+    MAX_POINTS,
+    PALETTE,
+    RollingPercentiles,
+    describe_figure,
+    display_value,
+    expand_columns,
+    latency_figure,
+    rolling_latency,
+    story_x,
+    thin,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 FAST = {"pace": 1000.0, "memory": "off"}

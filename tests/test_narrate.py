@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from functools import lru_cache
+from functools import cache
 
 import pytest
 
@@ -23,7 +23,7 @@ from payflow_lab.report import format_bytes, format_ms
 Results = dict[int, dict[str, pf.RunResult]]
 
 
-@lru_cache(maxsize=None)
+@cache
 def results() -> Results:
     def run(scenario: str, phase: int) -> pf.RunResult:
         return pf.run(scenario, phase=phase, seed=7, scale=0.05, memory="off")

@@ -98,7 +98,8 @@ def test_hanging_endpoints_alone_freeze_a_busy_afternoon():
     """The same mechanism with other inputs: x10 traffic and every standard merchant hanging from the start."""
     scenario = Scenario(name="hang", title="x10 with hanging standard merchants", start=14 * 3600.0,
                         duration=900, initial={"traffic_multiplier": 10.0},
-                        steps=(Step(14 * 3600.0 + 60, "standard merchants hang", {"tier_modes": {"standard": "hang"}}),))
+                        steps=(Step(14 * 3600.0 + 60, "standard merchants hang",
+                                    {"tier_modes": {"standard": "hang"}}),))
     s = pf.run(scenario, phase=1, seed=3, memory="off").summary
     assert s["moments"]["pool_exhausted_at"] is not None
     assert s["moments"]["throughput_zero_at"] is not None

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import math
-from functools import lru_cache
+from functools import cache
 
 import pytest
 
@@ -23,12 +23,12 @@ SCALE = 0.05
 OVERLOAD = {"traffic_multiplier": 40.0, "webhook_hang_rate": 1.0}
 
 
-@lru_cache(maxsize=None)
+@cache
 def blackfriday() -> pf.RunResult:
     return pf.run("blackfriday", phase=4, seed=7, scale=SCALE, memory="off")
 
 
-@lru_cache(maxsize=None)
+@cache
 def overloaded() -> pf.RunResult:
     """Forty times the normal traffic and every webhook hanging: far beyond what the queues can hold."""
     return pf.run("normal", phase=4, seed=7, scale=SCALE, duration=600, memory="off", faults=OVERLOAD)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 from collections import Counter
 from collections.abc import Awaitable, Callable
-from functools import lru_cache
+from functools import cache
 from typing import Any
 
 import anyio
@@ -21,7 +21,7 @@ from payflow_lab.domain import Payment, Tier
 from payflow_lab.metrics import Recorder, strip_nondeterministic
 from payflow_lab.phases import get_phase
 from payflow_lab.phases.delivery import BREAKERS, MAX_DEFER_S
-from payflow_lab.phases.hardened import HardenedPipeline, INTERNAL_KINDS
+from payflow_lab.phases.hardened import INTERNAL_KINDS, HardenedPipeline
 from payflow_lab.resilience import REASONS
 from payflow_lab.runner import RunConfig, RunResult, Simulation
 from payflow_lab.vtime import run_virtual
@@ -38,12 +38,12 @@ def simulate(backend: str = "asyncio", **options: Any) -> tuple[Simulation, RunR
     return simulation, run_virtual(simulation.run, backend=backend, seed=config.seed)
 
 
-@lru_cache(maxsize=None)
+@cache
 def recovery() -> tuple[Simulation, RunResult]:
     return simulate(scenario="recovery", seed=7)
 
 
-@lru_cache(maxsize=None)
+@cache
 def one_merchant_down() -> tuple[Simulation, RunResult, str]:
     """Five times the normal traffic; the busiest standard merchant's endpoint refuses every call."""
     world = World(seed=3, scale=SCALE, clock=lambda: START, recorder=Recorder(lambda: START))

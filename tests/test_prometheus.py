@@ -6,7 +6,7 @@ import re
 import socket
 import threading
 import urllib.request
-from functools import lru_cache
+from functools import cache
 
 import pytest
 from prometheus_client import CollectorRegistry, generate_latest
@@ -21,7 +21,7 @@ from payflow_lab.vtime import run_virtual
 NAME = re.compile(r"^payflow_[a-z][a-z0-9_]*$")
 
 
-@lru_cache(maxsize=None)
+@cache
 def recovery() -> pf.RunResult:
     return pf.run("recovery", phase=5, seed=7, scale=0.05, duration=1800, memory="off")
 

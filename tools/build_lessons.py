@@ -231,9 +231,10 @@ def texts_equivalent(new: str, old: str, patterns: list[tuple[re.Pattern[str], s
     """Equal but for wall-clock figures, and memory within its jitter.
 
     A line that shows a memory figure (``28.3 MiB``) may differ from the stored
-    one in each of its numbers by :data:`MEMORY_TOLERANCE` or one unit of the
-    last digit: the figures derived from memory on that line ("85 times as
-    much") jitter with it. Every other line must be equal.
+    one in its memory figures by :data:`MEMORY_TOLERANCE` or one unit of the
+    last digit, and so may the ratios derived from them on that line ("85 times
+    as much", "x1.4", "12%"). Every other number, a count on the same line
+    included ("8,384 samples"), and every other line must be equal.
     """
     for pattern, replacement in patterns:
         new, old = pattern.sub(replacement, new), pattern.sub(replacement, old)
@@ -249,9 +250,16 @@ def texts_equivalent(new: str, old: str, patterns: list[tuple[re.Pattern[str], s
         if len(parts_a) != len(parts_b):
             return False
         for index, (x, y) in enumerate(zip(parts_a, parts_b, strict=True)):
-            if (index % 2 == 1 and not _memory_close(x, y)) or (index % 2 == 0 and x != y):
+            if index % 2 == 0:
+                if x != y:
+                    return False
+            elif x != y and not (_JITTERS.match(parts_a[index + 1]) and _memory_close(x, y)):
                 return False
     return True
+
+
+#: What may follow a number that jitters with memory: a memory unit, or a ratio.
+_JITTERS = re.compile(r" ?(?:B|KiB|MiB|GiB|bytes)\b| ?(?:times|x\b|×|%)")
 
 
 def _is_memory_trace(trace: dict[str, Any], layout: dict[str, Any]) -> bool:

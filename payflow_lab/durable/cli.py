@@ -14,7 +14,7 @@ check finds an event lost or applied twice.
 service), reason, kind and age (``90``, ``15m``, ``2h``, ``1d``), oldest
 first; with ``--requeue`` it puts the matching ones back in the outbox, due
 now, for the next ``realtime`` run to deliver (same event ids: the receivers
-still deduplicate). Registered through :data:`payflow_lab.cli.EXTENSIONS`.
+still deduplicate). :func:`register` adds them to ``payflow-lab``'s parser.
 """
 
 from __future__ import annotations
@@ -28,7 +28,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-from ..cli import EXTENSIONS
 from .errors import DatabaseLocked, DiskFull, ReadOnlyDatabase
 
 __all__ = ["parse_age", "register"]
@@ -274,6 +273,3 @@ def _print_replay(result: dict[str, Any], requeue: bool) -> None:
                       f"(run `payflow-lab realtime --db {result['db']} --duration 0` to deliver them)")
     console.print(f"outbox: {result['outbox']['pending']} pending, {result['outbox']['delivered']} delivered, "
                   f"{result['outbox']['dead']} dead")
-
-
-EXTENSIONS.append(register)

@@ -23,18 +23,30 @@ event is marked delivered in the same transaction.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
-from typing import TYPE_CHECKING, Any
+import sqlite3
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import AbstractContextManager
+from typing import Any, Protocol
 
 from ..domain import ValidationError
 from ..resilience._checks import integer, number
 from ..resilience.deadletter import DeadLetter, check_letter
 from .events import OutboxEvent
 
-if TYPE_CHECKING:
-    from .outbox import Outbox
+__all__ = ["OutboxFile", "SQLiteDeadLetters"]
 
-__all__ = ["SQLiteDeadLetters"]
+
+class OutboxFile(Protocol):
+    """What the letters need of the :class:`~.outbox.Outbox` they live in (which imports this module, not back)."""
+
+    clock: Callable[[], float]
+    _lock: Any  # the outbox's lock: a letter and its event change together
+
+    def _write(self) -> AbstractContextManager[sqlite3.Connection]: ...
+
+    def get(self, event_id: str) -> OutboxEvent | None: ...
+
+    def execute(self, sql: str, params: Sequence[Any] = ...) -> list[tuple[Any, ...]]: ...
 
 _COLUMNS = ("d.id, d.key, d.kind, d.payload, d.reason, d.at, d.attempts, d.error, d.replays, d.last_replay_at, "
             "d.event_id")
@@ -58,7 +70,7 @@ class SQLiteDeadLetters:
     came back from JSON.
     """
 
-    def __init__(self, outbox: Outbox) -> None:
+    def __init__(self, outbox: OutboxFile) -> None:
         self._outbox = outbox
         #: Letters added and removed (by a successful replay) through this object.
         self.added = 0

@@ -335,8 +335,3 @@ def _check(outbox: Outbox, receivers: list[Receiver]) -> dict[str, Any]:
         "applied_but_not_in_outbox": unknown,
         "all_delivered": all(e.status == "delivered" for e in events) and delivered_not_applied == 0,
     }
-
-
-def default_db_path() -> str:
-    """Where ``payflow-lab realtime`` puts its database when not told: a new file in the temp directory."""
-    return str(Path(tempfile.gettempdir()) / f"payflow-outbox-{os.getpid()}.sqlite")

@@ -45,8 +45,15 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from .errors import (CorruptDatabase, DatabaseLocked, DiskFull, NotAnOutbox, OutboxDatabaseError, ReadOnlyDatabase,
-                     SchemaVersionError)
+from .errors import (
+    CorruptDatabase,
+    DatabaseLocked,
+    DiskFull,
+    NotAnOutbox,
+    OutboxDatabaseError,
+    ReadOnlyDatabase,
+    SchemaVersionError,
+)
 
 __all__ = [
     "APPLICATION_ID",

@@ -120,7 +120,8 @@ class SimulatedTransport:
     async def send(self, event: OutboxEvent) -> None:
         payment = event.payment()
         service = self._services[event.kind]
-        attempt = self._last_attempt[event.event_id] = max(event.attempts, self._last_attempt.get(event.event_id, 0)) + 1
+        attempt = max(event.attempts, self._last_attempt.get(event.event_id, 0)) + 1
+        self._last_attempt[event.event_id] = attempt
         try:
             if event.kind in DB_WRITES:
                 await service(payment, checkout_timeout=self.checkout_timeout, attempt=attempt)

@@ -205,11 +205,11 @@ def measure_emit(backend: str, *, counts: tuple[int, ...] = SUBSCRIBER_COUNTS, b
         results: dict[int, dict[str, float | None]] = {}
         for n in counts:
             runs: dict[str, Callable[[], Awaitable[float | None]]] = {
-                "floor": lambda: _floor(n, batch, repeats),
-                "bus": lambda: _bus(n, batch, repeats),
-                "tasks": lambda: _tasks(n, batch, repeats),
-                "pyee": lambda: _pyee(n, batch, repeats, backend),
-                "blinker": lambda: _blinker(n, batch, repeats),
+                "floor": lambda n=n: _floor(n, batch, repeats),
+                "bus": lambda n=n: _bus(n, batch, repeats),
+                "tasks": lambda n=n: _tasks(n, batch, repeats),
+                "pyee": lambda n=n: _pyee(n, batch, repeats, backend),
+                "blinker": lambda n=n: _blinker(n, batch, repeats),
             }
             results[n] = {method: await run() for method, run in runs.items()}
         return results

@@ -104,7 +104,7 @@ def _duration(name: str, value: Any, *, allow_none: bool, allow_zero: bool = Fal
 
 
 def _is_async_callable(handler: Any) -> bool:
-    return iscoroutinefunction(handler) or iscoroutinefunction(getattr(type(handler), "__call__", None))
+    return iscoroutinefunction(handler) or (callable(handler) and iscoroutinefunction(type(handler).__call__))
 
 
 class Handle:
@@ -177,6 +177,17 @@ class Handle:
         return f"<Handle {self.name!r} on {self.event!r}, {state}>"
 
 
+class _Side:
+    """The bus as its subscribers see it (:class:`~.subscriber.BusSide`): three callbacks, nothing else."""
+
+    __slots__ = ("settled", "handler_failed", "worker_exited")
+
+    def __init__(self, bus: HookBus) -> None:
+        self.settled = bus._settled
+        self.handler_failed = bus._failed
+        self.worker_exited = bus._worker_exited
+
+
 class HookBus:
     """An in-process publish/subscribe bus whose handlers run on bounded, per-subscriber worker pools.
 
@@ -231,6 +242,7 @@ class HookBus:
         self._routes: dict[str, tuple[Subscriber, ...]] = {}
         self._subscribers: dict[str, Subscriber] = {}
         self._state = _NEW
+        self._side = _Side(self)
         self._tg: anyio.abc.TaskGroup | None = None
         self._workers: anyio.abc.TaskGroup | None = None
         self._live = 0
@@ -282,7 +294,7 @@ class HookBus:
                 if isinstance(other.overflow, Spill) and other.overflow.store is not overflow.store:
                     raise ValueError(f"overflow: hooks of {event!r} that spill must share one store "
                                      f"({other.name!r} uses another), or one emission could be half spilled")
-        subscriber = Subscriber(self, event, handler, name=name, queue_size=queue_size, workers=workers,
+        subscriber = Subscriber(self._side, event, handler, name=name, queue_size=queue_size, workers=workers,
                                 timeout=timeout, overflow=overflow, failure_history=self.failure_history)
         self._subscribers[name] = subscriber
         self._routes[event] = self._routes.get(event, ()) + (subscriber,)

@@ -29,7 +29,7 @@ from __future__ import annotations
 import traceback
 from collections import Counter, deque
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import anyio
 import anyio.lowlevel
@@ -38,13 +38,23 @@ from .latency import LatencyHistogram
 from .overflow import Delivery, OverflowPolicy, Spill
 from .report import HookFailure, Outcome, OutcomeStatus, SubscriberStats
 
-if TYPE_CHECKING:
-    from .bus import HookBus
-
-__all__ = ["Handler", "Subscriber"]
+__all__ = ["BusSide", "Handler", "Subscriber"]
 
 #: A hook handler: an async function of one argument, the emitted payload.
 Handler = Callable[[Any], Awaitable[Any]]
+
+
+class BusSide(Protocol):
+    """What a subscriber tells its bus. :class:`~.bus.HookBus` implements it; this module never imports the bus."""
+
+    def settled(self, outcome: Outcome) -> None:
+        """A delivery ended, however it ended."""
+
+    def handler_failed(self, failure: HookFailure) -> None:
+        """A handler raised (or timed out): the bus keeps the failure for its report."""
+
+    def worker_exited(self) -> None:
+        """One of the subscriber's workers has ended (the bus waits for them all when it closes)."""
 
 
 class Subscriber:
@@ -57,7 +67,7 @@ class Subscriber:
         "rejected_reasons", "failures_by_type", "recent_failures", "latency",
     )
 
-    def __init__(self, bus: HookBus, event: str, handler: Handler, *, name: str, queue_size: int,
+    def __init__(self, bus: BusSide, event: str, handler: Handler, *, name: str, queue_size: int,
                  workers: int, timeout: float | None, overflow: OverflowPolicy, failure_history: int) -> None:
         self.bus = bus
         self.event = event
@@ -106,7 +116,7 @@ class Subscriber:
                         if not parked.is_set():  # cancelled while idle: nobody may wake us any more
                             self.parked.remove(parked)
         finally:
-            self.bus._worker_exited()
+            self.bus.worker_exited()
 
     async def _deliver(self, payload: Any, cancelled_exc: type[BaseException]) -> None:
         """Run the handler once under the subscriber's timeout, and count how it ended."""
@@ -137,7 +147,7 @@ class Subscriber:
                 self.failed += 1
             if status != "cancelled":
                 self.latency.observe(latency)
-            self.bus._settled(Outcome(self.name, self.event, payload, status, latency, failure))
+            self.bus.settled(Outcome(self.name, self.event, payload, status, latency, failure))
 
     def _failure(self, exc: Exception, *, handler: bool = True) -> HookFailure:
         failure = HookFailure(
@@ -146,7 +156,7 @@ class Subscriber:
         if handler:
             self.failures_by_type[failure.error_type] += 1
         self.recent_failures.append(failure)
-        self.bus._failed(failure)
+        self.bus.handler_failed(failure)
         return failure
 
     # ------------------------------------------------------------- lifecycle
@@ -186,7 +196,7 @@ class Subscriber:
                 # stay counted as never started (and not as handler failures).
                 self._failure(exc, handler=False)
         for payload in items:
-            self.bus._settled(Outcome(self.name, self.event, payload, "never_started"))
+            self.bus.settled(Outcome(self.name, self.event, payload, "never_started"))
         return len(items), spilled
 
     # --------------------------------------------------------------- reading

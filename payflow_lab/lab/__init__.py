@@ -3,7 +3,8 @@
 Needs the ``lab`` extra (``ipywidgets``, ``plotly``, ``anywidget``)::
 
     from payflow_lab.lab import LiveSession
-    session = LiveSession(scenario="blackfriday", phase=1, panels={"DB in use": ["db_in_use"], "waiting": ["db_waiting"]})
+    session = LiveSession(scenario="blackfriday", phase=1,
+                          panels={"DB in use": ["db_in_use"], "waiting": ["db_waiting"]})
     session          # shows the panel and the dashboard; press Start
 
 =========================  ====================================================

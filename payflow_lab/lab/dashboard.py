@@ -44,10 +44,25 @@ import plotly.graph_objects as go
 
 from ..domain import ValidationError
 from ..metrics import hhmmss
-from .plots import (BASE_PANELS, LABEL_GAP, MAX_POINTS, RollingPercentiles, display_value, event_legend,
-                    event_marks, spaced,
-                    expand_columns, make_layout, normalise_panels, note_memory_off, panel_axes, panel_legend,
-                    story_x, thin, trace_style)
+from .plots import (
+    BASE_PANELS,
+    LABEL_GAP,
+    MAX_POINTS,
+    RollingPercentiles,
+    display_value,
+    event_legend,
+    event_marks,
+    expand_columns,
+    make_layout,
+    normalise_panels,
+    note_memory_off,
+    panel_axes,
+    panel_legend,
+    spaced,
+    story_x,
+    thin,
+    trace_style,
+)
 
 __all__ = ["Dashboard", "MAX_UPDATES_PER_S", "READOUT_METRICS", "SEND_SHARE"]
 
@@ -260,7 +275,7 @@ class Dashboard:
         """Start drawing columns that appeared since the last update, back-filled over the window."""
         added = False
         first = self.rows_seen - len(self._x)  # index of the oldest row in the window
-        for row, (title, patterns) in enumerate(self._layout.items(), start=1):
+        for row, patterns in enumerate(self._layout.values(), start=1):
             for column in expand_columns(patterns, names):
                 if column in self._columns or (column == "memory_bytes" and not self.memory):
                     continue

@@ -320,12 +320,6 @@ class ControlPanel:
     def selected_pace(self) -> float:
         return float(self.pace.value)
 
-    def fault_settings(self) -> dict[str, Any]:
-        """Every fault setting the panel shows, in :meth:`FaultPlan.apply` form."""
-        settings: dict[str, Any] = {key: float(w.value) for key, w in self.sliders.items()}
-        settings["tier_modes"] = {tier.value: w.value for tier, w in self.tiers.items()}
-        return settings
-
     def changed_faults(self) -> dict[str, Any]:
         """The faults of your own that differ from a healthy world (what a new run should start with).
 

@@ -551,10 +551,11 @@ def latency_figure(result: Any, *, title: str | None = None, max_points: int = M
     series = thin(full, max_points)
     summary = getattr(result, "summary", None)
     fig = go.Figure()
+    default_title = (f"payment latency (s): p50 and p99 of the last {ROLLING_S} s" if rolling
+                     else "payment latency (s) per second")
     fig.update_layout(template="plotly_white", colorway=list(PALETTE), height=340,
                       margin={"l": 60, "r": 20, "t": 70, "b": 40},
-                      title={"text": title or (f"payment latency (s): p50 and p99 of the last {ROLLING_S} s"
-                                             if rolling else "payment latency (s) per second"), "x": 0.01, "font": {"size": 15}},
+                      title={"text": title or default_title, "x": 0.01, "font": {"size": 15}},
                       hovermode="x unified", legend={"orientation": "h", "y": -0.2})
     fig.update_xaxes(type="date", tickformatstops=STORY_TICKS, hoverformat="%H:%M:%S")
     fig.update_yaxes(**_latency_axis())

@@ -288,7 +288,7 @@ class LiveSession:
 
     async def _poll(self, generation: int) -> None:
         try:
-            while generation == self._generation and self.poll_once():
+            while generation == self._generation and self.poll_once():  # noqa: ASYNC110 (polling is the point)
                 await asyncio.sleep(self.interval)
         except asyncio.CancelledError:
             raise

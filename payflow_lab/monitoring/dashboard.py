@@ -29,7 +29,7 @@ from rich.table import Table
 from rich.text import Text
 
 from ..metrics import hhmmss
-from ..report import format_bytes, format_ms
+from ..units import format_bytes, format_ms
 
 __all__ = ["DashboardFeed", "Snapshot", "render", "sparkline"]
 

@@ -268,7 +268,7 @@ def _collectors(pipeline: Any, per_merchant: bool) -> Iterable[Collector]:
         yield ResilienceCollector(breakers=webhooks.breakers, limiters=webhooks.limits,
                                   retries=webhooks.retries, budgets=webhooks.budgets,
                                   dead_letters=webhooks.dead_letters, namespace=NS,
-                                  group=None if per_merchant else (lambda merchant_id: merchants[merchant_id].tier.value))
+                                  group=None if per_merchant else (lambda merchant: merchants[merchant].tier.value))
 
 
 def registry_for(pipeline: Any, *, per_merchant: bool = False) -> CollectorRegistry:

@@ -68,7 +68,10 @@ class _Server(socketserver.ThreadingMixIn, WSGIServer):
                 self._active.pop(threading.current_thread(), None)
 
     def finish_requests(self, deadline: float) -> int:
-        """Wait until ``deadline`` (``time.monotonic``) for requests in progress; cut the rest. Return how many were cut."""
+        """Wait until ``deadline`` (``time.monotonic``) for requests in progress; cut the rest.
+
+        Return how many were cut.
+        """
         for thread in self._snapshot():
             thread.join(max(0.0, deadline - time.monotonic()))
         stragglers = self._snapshot()

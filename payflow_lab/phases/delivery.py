@@ -37,8 +37,8 @@ backlog with breaker-driven probes for anyio; every part it composes is from
 
 from __future__ import annotations
 
-import math
 import heapq
+import math
 from collections import Counter, deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -52,9 +52,25 @@ from ..domain import Merchant, Payment, Tier
 from ..faults import EndpointMode, FaultPlan
 from ..hooks import Delivery, Handle, HookBus, LatencyHistogram, Outcome, Spill
 from ..metrics import Recorder, hhmmss, percentile
-from ..resilience import (BREAKER_OPEN_TOO_LONG, RATE_LIMITED_TOO_LONG, SHUTDOWN, BreakerConfig, BreakerOpen,
-                          BreakerState, CircuitBreaker, DeadLetter, Permit, InMemoryDeadLetters, KeyedCircuitBreaker,
-                          KeyedRateLimiter, ReplayReport, RetryBudget, RetryExhausted, RetryPolicy, Transition)
+from ..resilience import (
+    BREAKER_OPEN_TOO_LONG,
+    RATE_LIMITED_TOO_LONG,
+    SHUTDOWN,
+    BreakerConfig,
+    BreakerOpen,
+    BreakerState,
+    CircuitBreaker,
+    DeadLetter,
+    InMemoryDeadLetters,
+    KeyedCircuitBreaker,
+    KeyedRateLimiter,
+    Permit,
+    ReplayReport,
+    RetryBudget,
+    RetryExhausted,
+    RetryPolicy,
+    Transition,
+)
 from ..world import EndpointError, World
 
 __all__ = [
@@ -621,9 +637,6 @@ class WebhookDelivery:
     @property
     def delivered(self) -> int:
         return sum(stats.delivered for stats in self.tiers.values())
-
-    def lane_depths(self) -> dict[Tier, int]:
-        return {tier: handle.queued for tier, handle in self.lanes.items()}
 
     def summary(self) -> dict[str, Any]:
         """The Phase 5 keys about webhooks: breakers, dead letters, recovery, latency by tier."""

@@ -52,6 +52,7 @@ from ..hooks import Handle, HookBus, Outcome, Rejected
 from ..world import SIDE_EFFECT_KINDS, World
 from .base import Pipeline
 from .delivery import WebhookDelivery
+
 # Phase 5 keeps Phase 4's database and shutdown budgets.
 from .hook_bus import _DROP_REASONS, CHECKOUT_TIMEOUT_S, SHUTDOWN_DEADLINE_S, SIDE_EFFECT_CHECKOUT_TIMEOUT_S
 
@@ -125,7 +126,8 @@ class HardenedPipeline(Pipeline):
                 return
             except TimeoutError:
                 self.second_tries[kind] += 1
-            await anyio.sleep(world.dice(payment, kind + "-jitter").uniform(0.0, SECOND_TRY_JITTER_S))  # not in lockstep
+            jitter = world.dice(payment, kind + "-jitter").uniform(0.0, SECOND_TRY_JITTER_S)
+            await anyio.sleep(jitter)  # don't retry in lockstep
             try:
                 with anyio.fail_after(CALL_TIMEOUT_S):
                     await service(payment, **options)

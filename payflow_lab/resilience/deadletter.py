@@ -109,9 +109,9 @@ class DeadLetterStore(Protocol):
 
 def check_letter(key: str, reason: str, kind: str, attempts: int) -> None:
     """Refuse a dead letter whose fields are wrong, naming the field (shared by every store)."""
-    for field, value in (("key", key), ("reason", reason), ("kind", kind)):
+    for name, value in (("key", key), ("reason", reason), ("kind", kind)):
         if not isinstance(value, str) or not value:
-            raise ValidationError(field, f"must be a non-empty string, got {value!r}")
+            raise ValidationError(name, f"must be a non-empty string, got {value!r}")
     integer("attempts", attempts, minimum=0)
 
 

@@ -13,6 +13,7 @@ import json
 import sqlite3
 import subprocess
 import sys
+from datetime import UTC
 from pathlib import Path
 
 import pytest
@@ -115,9 +116,9 @@ def test_unpadded_base64_secrets_are_accepted_like_standard_webhooks_does() -> N
     assert unpadded != padded
     ours = sign(unpadded, "msg_1", 1_700_000_000, b'{"a":1}')
     assert ours == sign(padded, "msg_1", 1_700_000_000, b'{"a":1}')
-    from datetime import datetime, timezone
+    from datetime import datetime
 
-    theirs = Webhook(unpadded).sign("msg_1", datetime.fromtimestamp(1_700_000_000, tz=timezone.utc), '{"a":1}')
+    theirs = Webhook(unpadded).sign("msg_1", datetime.fromtimestamp(1_700_000_000, tz=UTC), '{"a":1}')
     assert ours == theirs
 
 

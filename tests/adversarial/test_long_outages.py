@@ -19,8 +19,7 @@ from prometheus_client import CollectorRegistry
 
 import payflow_lab as pf
 from payflow_lab.phases import delivery
-from payflow_lab.resilience import (BreakerConfig, BreakerState, CircuitBreaker, InMemoryDeadLetters,
-                                    KeyedCircuitBreaker)
+from payflow_lab.resilience import BreakerConfig, BreakerState, CircuitBreaker, InMemoryDeadLetters, KeyedCircuitBreaker
 from payflow_lab.resilience.breaker import HISTORY
 from payflow_lab.resilience.metrics import ResilienceCollector
 from payflow_lab.vtime import run_virtual

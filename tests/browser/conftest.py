@@ -15,7 +15,6 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-
 from chromium import CHROMIUM, CHROMIUM_ARGS, NOT_RUN, not_run, require_browser
 from labserver import LabServer
 

@@ -25,10 +25,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from playwright.sync_api import ConsoleMessage, Error, Locator, Page
-
 from labserver import KERNEL_DISPLAY_NAME, LabServer
 from lessons_spec import Action, Sample, SetSlider, SetTier, Trace
+from playwright.sync_api import ConsoleMessage, Error, Locator, Page
 
 __all__ = ["CONSOLE_ALLOWED", "NotebookPage", "SessionView"]
 
@@ -69,7 +68,11 @@ _TRACES_JS = """(root) => {
   const day = Date.parse('2026-11-27T00:00:00Z');
   const ms = (x) => typeof x === 'string' ? Date.parse(x.replace(' ', 'T') + 'Z') - day : x;
   const out = {};
-  for (const t of g.data) if (t.meta && !String(t.meta).startsWith('event:')) out[t.meta] = [Array.from(t.x || []).map(ms), Array.from(t.y || [])];
+  for (const t of g.data) {
+    if (t.meta && !String(t.meta).startsWith('event:')) {
+      out[t.meta] = [Array.from(t.x || []).map(ms), Array.from(t.y || [])];
+    }
+  }
   return out;
 }"""
 

@@ -22,7 +22,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import pytest
-
 from chromium import require_browser
 from lessons_spec import LESSONS, DemoCheck, FaultCheck, Lesson, LiveCheck, Observed, Sample, Trace, lesson_files
 

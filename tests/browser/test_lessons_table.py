@@ -10,9 +10,23 @@ import json
 import math
 
 import pytest
-
-from lessons_spec import (LESSONS, LESSONS_DIR, Lesson, LiveCheck, FaultCheck, Observed, ReachesAtLeast, Rises,
-                          Sample, SetSlider, SetTier, Stalls, StaysAtMost, check_table, lesson_files)
+from lessons_spec import (
+    LESSONS,
+    LESSONS_DIR,
+    FaultCheck,
+    Lesson,
+    LiveCheck,
+    Observed,
+    ReachesAtLeast,
+    Rises,
+    Sample,
+    SetSlider,
+    SetTier,
+    Stalls,
+    StaysAtMost,
+    check_table,
+    lesson_files,
+)
 
 
 def code_of(name: str) -> str:
@@ -28,7 +42,8 @@ def test_every_lesson_has_an_entry() -> None:
     assert not problems, "\n".join(problems)
 
 
-def _live(*actions, expect=(Stalls("completed"),), **fault) -> Lesson:
+def _live(*actions, expect=None, **fault) -> Lesson:
+    expect = (Stalls("completed"),) if expect is None else expect
     return Lesson(panels=1, figures=1, live=LiveCheck(FaultCheck("x", tuple(actions), tuple(expect), **fault)))
 
 
