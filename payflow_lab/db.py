@@ -57,6 +57,11 @@ class ConnectionPool:
         self.timeouts = 0
         self.checkouts = 0
 
+    def summary(self) -> dict[str, int]:
+        """The summary's ``db_pool`` block: size, the most connections in use at once, checkouts, timeouts."""
+        return {"size": self.size, "peak_in_use": self.peak_in_use, "checkout_timeouts": self.timeouts,
+                "checkouts": self.checkouts}
+
     @property
     def in_use(self) -> int:
         """Connections currently checked out."""

@@ -41,7 +41,7 @@ from .metrics import MemoryProbe, Recorder, hhmmss
 from .phases import Pipeline, get_phase
 from .scenarios import Scenario, get_scenario
 from .traffic import arrivals
-from .vtime import BACKENDS, run_virtual
+from .vtime import BACKENDS, in_virtual_time, run_virtual
 from .world import SCALE_LIMITS, Declined, World, merchant_count
 
 __all__ = [
@@ -443,54 +443,13 @@ class Simulation:
 
 
 # ------------------------------------------------------------------ entry points
-def _loop_running_here() -> bool:
-    import asyncio
-    import sys
-
-    try:
-        asyncio.get_running_loop()
-        return True
-    except RuntimeError:
-        pass
-    if "trio" in sys.modules:
-        import trio
-
-        try:
-            trio.lowlevel.current_task()
-            return True
-        except RuntimeError:
-            pass
-    return False
-
-
-def _in_worker_thread(fn: Callable[[], T]) -> T:
-    """Call ``fn`` in a fresh thread and return its result (or raise its error) here."""
-    box: dict[str, Any] = {}
-
-    def target() -> None:
-        try:
-            box["result"] = fn()
-        except BaseException as exc:  # re-raised in the caller's thread
-            box["error"] = exc
-
-    thread = threading.Thread(target=target, name="payflow-run", daemon=True)
-    thread.start()
-    thread.join()
-    if "error" in box:
-        raise box["error"]
-    return box["result"]
-
-
 def run_config(config: RunConfig, *, controls: Controls | None = None,
                on_tick: Callable[[Simulation], None] | None = None,
                pipeline_cls: type[Pipeline] | None = None) -> RunResult:
     """Run ``config`` in virtual time and return its result (in a worker thread if a loop is running here)."""
     simulation = Simulation(config, controls=controls, on_tick=on_tick, pipeline_cls=pipeline_cls)
 
-    def go() -> RunResult:
-        return run_virtual(simulation.run, backend=config.backend, seed=config.seed)
-
-    return _in_worker_thread(go) if _loop_running_here() else go()
+    return in_virtual_time(simulation.run, backend=config.backend, seed=config.seed)
 
 
 def run(scenario: str | Scenario = "normal", phase: int = 1, *, seed: int = DEFAULT_SEED, scale: float = DEFAULT_SCALE,

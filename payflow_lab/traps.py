@@ -55,6 +55,8 @@ import weakref
 from dataclasses import dataclass, field
 from typing import Any
 
+from .vtime import in_worker_thread
+
 __all__ = ["TrapResult", "demonstrate"]
 
 
@@ -166,14 +168,12 @@ def demonstrate() -> tuple[TrapResult, TrapResult, TrapResult]:
     >>> trap.collected, kept.collected, sleeping.collected
     (True, False, False)
     """
-    from .runner import _in_worker_thread
-
     def target() -> tuple[TrapResult, TrapResult, TrapResult]:
         event, sleep = _JOBS
         return (asyncio.run(_scenario(event, False)), asyncio.run(_scenario(event, True)),
                 asyncio.run(_scenario(sleep, False)))
 
-    return _in_worker_thread(target)
+    return in_worker_thread(target)
 
 
 if __name__ == "__main__":  # pragma: no cover

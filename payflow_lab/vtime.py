@@ -35,12 +35,14 @@ import itertools
 import math
 import random
 import selectors
+import sys
+import threading
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
 import anyio
 
-__all__ = ["BACKENDS", "VirtualTimeLoop", "in_virtual_time", "run_virtual"]
+__all__ = ["BACKENDS", "VirtualTimeLoop", "in_virtual_time", "in_worker_thread", "loop_running_here", "run_virtual"]
 
 T = TypeVar("T")
 
@@ -241,20 +243,51 @@ def run_virtual(fn: Callable[..., Awaitable[T]], *args: Any, backend: str = "asy
     raise ValueError(f"backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
 
 
+def loop_running_here() -> bool:
+    """Whether an asyncio or trio event loop is running in this thread (a Jupyter cell's, say)."""
+    try:
+        asyncio.get_running_loop()
+        return True
+    except RuntimeError:
+        pass
+    if "trio" in sys.modules:
+        import trio
+
+        try:
+            trio.lowlevel.current_task()
+            return True
+        except RuntimeError:
+            pass
+    return False
+
+
+def in_worker_thread(fn: Callable[[], T]) -> T:
+    """Call ``fn`` in a fresh thread and return its result here (or raise its error here)."""
+    box: dict[str, Any] = {}
+
+    def target() -> None:
+        try:
+            box["result"] = fn()
+        except BaseException as exc:  # re-raised in the caller's thread
+            box["error"] = exc
+
+    thread = threading.Thread(target=target, name="payflow-virtual", daemon=True)
+    thread.start()
+    thread.join()
+    if "error" in box:
+        raise box["error"]
+    return box["result"]
+
+
 def in_virtual_time(fn: Callable[..., Awaitable[T]], *args: Any, backend: str = "asyncio", seed: int = 0) -> T:
     """:func:`run_virtual` from anywhere, a Jupyter cell included.
 
     A cell already runs inside the kernel's event loop, where ``anyio.run`` refuses to start
     another; this runs ``fn`` in a short-lived worker thread with a loop of its own and waits
-    for it. From a thread with no running loop it is the same as :func:`run_virtual`.
+    for it. From a thread with no running loop it is the same as :func:`run_virtual`. This is
+    the engine's one way of doing that: ``pf.run``, the durable runs and the lessons use it.
     """
-    from concurrent.futures import ThreadPoolExecutor
-
-    try:
-        import asyncio
-
-        asyncio.get_running_loop()
-    except RuntimeError:
+    def go() -> T:
         return run_virtual(fn, *args, backend=backend, seed=seed)
-    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="payflow-virtual") as pool:
-        return pool.submit(run_virtual, fn, *args, backend=backend, seed=seed).result()
+
+    return in_worker_thread(go) if loop_running_here() else go()

@@ -37,7 +37,7 @@ from ..phases.hook_bus import CAPACITY, CHECKOUT_TIMEOUT_S, SIDE_EFFECT_CHECKOUT
 from ..resilience import BreakerConfig, KeyedCircuitBreaker, KeyedRateLimiter, RetryBudget, RetryPolicy
 from ..runner import DEFAULT_BACKEND, DEFAULT_SCALE, DEFAULT_SEED, RunConfig, RunResult, Simulation
 from ..scenarios import Scenario
-from ..vtime import run_virtual
+from ..vtime import in_virtual_time, in_worker_thread, loop_running_here, run_virtual
 from ..world import World
 from .delivery import Deliverer, DeliveryResult
 from .dispatcher import Dispatcher
@@ -118,10 +118,8 @@ class DurablePipeline(Pipeline):
             self.recorder.side_effect_finished(event.kind, "dead_lettered", reason=result.reason)
 
     def summary(self) -> dict[str, Any]:
-        pool = self.world.pool
         return {
-            "db_pool": {"size": pool.size, "peak_in_use": pool.peak_in_use,
-                        "checkout_timeouts": pool.timeouts, "checkouts": pool.checkouts},
+            "db_pool": self.world.pool.summary(),
             "outbox": self.outbox.counts(),
             "outbox_by_kind": self.outbox.counts_by_kind(),
             "dead_letters": self.outbox.dead_letters.count_by_reason(),
@@ -145,8 +143,6 @@ def run_durable(scenario: str | Scenario = "normal", *, seed: int = DEFAULT_SEED
     ``shutdown_deadline=0`` model a crash: the process stops at the end of
     ``duration`` without waiting for anything.
     """
-    from ..runner import _in_worker_thread, _loop_running_here
-
     config = RunConfig(scenario=scenario, phase=4, seed=seed, scale=scale, backend=backend, duration=duration,
                        memory=memory, faults=dict(faults or {}), drain_seconds=drain_seconds)
     simulation = Simulation(config)
@@ -173,7 +169,7 @@ def run_durable(scenario: str | Scenario = "normal", *, seed: int = DEFAULT_SEED
         result.summary["phase"] = DurablePipeline.number
         return result
 
-    return _in_worker_thread(go) if _loop_running_here() else go()
+    return in_worker_thread(go) if loop_running_here() else go()
 
 
 @dataclass
@@ -202,7 +198,6 @@ def crash_demo(*, seed: int = DEFAULT_SEED, scale: float = 0.05, crash_after: fl
     """
     from ..metrics import hhmmss
     from ..phases.hook_bus import HookBusPipeline
-    from ..runner import _in_worker_thread, _loop_running_here
     from ..scenarios import get_scenario
 
     base = get_scenario(scenario)
@@ -223,10 +218,7 @@ def crash_demo(*, seed: int = DEFAULT_SEED, scale: float = 0.05, crash_after: fl
     simulation = Simulation(config)
     simulation.pipeline_cls = CrashingHookBus
 
-    def go() -> RunResult:
-        return run_virtual(simulation.run, backend=config.backend, seed=config.seed)
-
-    crash = _in_worker_thread(go) if _loop_running_here() else go()
+    crash = in_virtual_time(simulation.run, backend=config.backend, seed=config.seed)
     fx = crash.summary["side_effects"]["by_kind"]
     kinds = ("webhook", "analytics", "audit")
     authorized = crash.summary["payments"]["authorized"] + crash.summary["payments"]["stuck_authorized"]

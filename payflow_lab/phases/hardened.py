@@ -214,10 +214,8 @@ class HardenedPipeline(Pipeline):
         return await self.webhooks.replay_dead_letters(**options)
 
     def summary(self) -> dict[str, Any]:
-        pool = self.world.pool
         return {
-            "db_pool": {"size": pool.size, "peak_in_use": pool.peak_in_use,
-                        "checkout_timeouts": pool.timeouts, "checkouts": pool.checkouts},
+            "db_pool": self.world.pool.summary(),
             "hooks": self.bus.summary(),
             **self.webhooks.summary(),
             "timeouts": {

@@ -148,9 +148,7 @@ class HookBusPipeline(Pipeline):
         self.recorder.event(what)
 
     def summary(self) -> dict[str, Any]:
-        pool = self.world.pool
         return {
-            "db_pool": {"size": pool.size, "peak_in_use": pool.peak_in_use,
-                        "checkout_timeouts": pool.timeouts, "checkouts": pool.checkouts},
+            "db_pool": self.world.pool.summary(),
             "hooks": self.bus.summary(),
         }

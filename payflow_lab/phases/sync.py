@@ -113,10 +113,8 @@ class SynchronousPipeline(Pipeline):
         recorder.side_effect_finished(kind, "delivered", latency=self.world.clock() - started)
 
     def summary(self) -> dict[str, Any]:
-        pool = self.world.pool
         return {
-            "db_pool": {"size": pool.size, "peak_in_use": pool.peak_in_use,
-                        "checkout_timeouts": pool.timeouts, "checkouts": pool.checkouts},
+            "db_pool": self.world.pool.summary(),
             "webhook_timeouts": self.webhook_timeouts,
             "webhook_retries": self.webhook_retries,
         }
