@@ -3,7 +3,7 @@
 ``force-include`` in pyproject.toml would copy the directory whole, editor
 leftovers included (``.ipynb_checkpoints/``, ``__pycache__/``); this hook adds
 the lesson files one by one and leaves hidden files and caches behind. In a
-source tree :mod:`payflow_lab.workshop` reads ``lessons/`` directly, so the
+source tree :mod:`payflow_lab.app.workshop` reads ``lessons/`` directly, so the
 files are not duplicated in git.
 """
 

@@ -1,5 +1,5 @@
 """``python -m payflow_lab`` is the ``payflow-lab`` command."""
 
-from .cli import main
+from payflow_lab.app.cli import main
 
 raise SystemExit(main())

@@ -15,7 +15,7 @@ Three ways in, one engine underneath (:class:`Simulation`):
     resume, stop and fault changes that apply at the next simulated second.
 
 ``await Simulation(config).run()`` runs on the clock of the loop it is awaited
-in: virtual inside :func:`payflow_lab.vtime.run_virtual`, real time anywhere
+in: virtual inside :func:`payflow_lab.core.vtime.run_virtual`, real time anywhere
 else. The engine itself never reads a wall clock; only this module does, for
 ``wall_seconds`` and for pacing.
 """
@@ -23,26 +23,28 @@ else. The engine itself never reads a wall clock; only this module does, for
 from __future__ import annotations
 
 import json
-import math
 import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 import anyio
 import anyio.abc
 
-from .controls import CHECKPOINT_S, Controls
-from .db import PoolTimeout
-from .domain import Payment, ValidationError
-from .faults import FaultPlan
-from .metrics import MemoryProbe, Recorder, hhmmss
-from .phases import Pipeline, get_phase
-from .scenarios import Scenario, get_scenario
-from .traffic import arrivals
-from .vtime import BACKENDS, in_virtual_time, run_virtual
-from .world import SCALE_LIMITS, Declined, World, merchant_count
+from payflow_lab.core.controls import CHECKPOINT_S, Controls
+from payflow_lab.core.domain import Payment
+from payflow_lab.core.errors import Declined, PoolTimeout, ValidationError
+from payflow_lab.core.faults import FaultPlan
+from payflow_lab.core.recorder import MemoryProbe, Recorder, hhmmss
+from payflow_lab.core.scenarios import Scenario, get_scenario
+from payflow_lab.core.traffic import arrivals
+from payflow_lab.core.validation import number
+from payflow_lab.core.vtime import BACKENDS, in_virtual_time, run_virtual
+from payflow_lab.core.world import SCALE_LIMITS, World, merchant_count
+from payflow_lab.phases import Pipeline, get_phase
+from payflow_lab.phases.observation import Observation
+from payflow_lab.summary import Moments, RunSummary
 
 __all__ = [
     "DEFAULT_BACKEND",
@@ -101,20 +103,14 @@ class RunConfig:
                 raise ValidationError(name, f"must be a string, got {getattr(self, name)!r}")
         if isinstance(self.seed, bool) or not isinstance(self.seed, int) or not 0 <= self.seed < 2**63:
             raise ValidationError("seed", f"must be a whole number from 0 to 2**63 - 1, got {self.seed!r}")
-        low, high = SCALE_LIMITS
-        if (isinstance(self.scale, bool) or not isinstance(self.scale, (int, float))
-                or not math.isfinite(self.scale) or not low <= self.scale <= high):
-            raise ValidationError("scale", f"must be between {low:g} and {high:g}, got {self.scale!r}")
+        number("scale", self.scale, minimum=SCALE_LIMITS[0], maximum=SCALE_LIMITS[1])
         if self.backend not in BACKENDS:
             raise ValidationError("backend", f"must be one of {', '.join(BACKENDS)}, got {self.backend!r}")
-        if self.duration is not None and (
-                isinstance(self.duration, bool) or not isinstance(self.duration, (int, float))
-                or not math.isfinite(self.duration) or not 0 < self.duration <= 24 * 3600):
-            raise ValidationError("duration", f"must be more than 0 and at most 86400 simulated seconds, "
-                                              f"got {self.duration!r}")
+        number("duration", self.duration, above=0, maximum=24 * 3600, unit=" simulated seconds", optional=True)
         if self.memory not in MemoryProbe.DESCRIPTIONS:
-            raise ValidationError("memory",
-                                  f"must be one of {', '.join(MemoryProbe.DESCRIPTIONS)}, got {self.memory!r}")
+            raise ValidationError(
+                "memory", f"must be one of {', '.join(MemoryProbe.DESCRIPTIONS)}, got {self.memory!r}"
+            )
         if not isinstance(self.faults, Mapping):
             raise ValidationError("faults", f"must be a mapping of fault settings, got {self.faults!r}")
         try:
@@ -122,9 +118,7 @@ class RunConfig:
         except TypeError as exc:  # an unhashable or oddly typed value deep inside
             raise ValidationError("faults", f"malformed fault settings: {exc}") from None
         self._check_merchants()
-        if (isinstance(self.drain_seconds, bool) or not isinstance(self.drain_seconds, (int, float))
-                or not math.isfinite(self.drain_seconds) or not 0 <= self.drain_seconds <= 3600):
-            raise ValidationError("drain_seconds", f"must be between 0 and 3600, got {self.drain_seconds!r}")
+        number("drain_seconds", self.drain_seconds, minimum=0, maximum=3600)
 
     def _check_merchants(self) -> None:
         """Faults for merchants this run's world does not have are refused, naming the merchant."""
@@ -135,8 +129,11 @@ class RunConfig:
         known = {f"mch_{serial:05d}" for serial in range(1, count + 1)}
         unknown = sorted(str(m) for m in merchants if m not in known)
         if unknown:
-            raise ValidationError("faults.merchants", f"unknown merchant {unknown[0]!r}: at scale {self.scale:g} the "
-                                                      f"world has {count} merchants, mch_00001 to mch_{count:05d}")
+            raise ValidationError(
+                "faults.merchants",
+                f"unknown merchant {unknown[0]!r}: at scale {self.scale:g} the "
+                f"world has {count} merchants, mch_00001 to mch_{count:05d}",
+            )
 
     @property
     def scenario_obj(self) -> Scenario:
@@ -155,22 +152,28 @@ class RunConfig:
 class RunResult:
     """A finished run: the JSON-contract ``summary`` and the per-second ``series`` (columns of equal length).
 
-    ``registry`` is the run's own Prometheus registry when its phase keeps one
-    (Phase 5): ``prometheus_client.generate_latest(result.registry)``. It reads
-    the finished run's parts, so it keeps them alive as long as the result.
+    :meth:`observe` is the finished pipeline's :class:`~payflow_lab.phases.Observation`;
+    its Prometheus metrics, for example, are
+    ``generate_latest(payflow_lab.observe.registry_for(result))``. It reads the
+    finished run's parts, so it keeps them alive as long as the result.
     """
 
-    summary: dict[str, Any]
+    summary: RunSummary
     series: dict[str, list[Any]]
-    registry: Any = field(default=None, repr=False, compare=False)
     #: Every completed payment's latency in seconds, in the order they completed (row ``i`` of the
     #: series completed ``series["completed"][i]`` of them): what rolling percentiles are drawn from.
     latencies: Any = field(default=None, repr=False, compare=False)
-    #: The finished pipeline, for a closer look (``registry_for(result.pipeline, per_merchant=True)``).
-    pipeline: Any = field(default=None, repr=False, compare=False)
+    #: The finished pipeline, for a closer look.
+    pipeline: Pipeline | None = field(default=None, repr=False, compare=False)
 
     def __getitem__(self, key: str) -> Any:
-        return self.summary[key]
+        return self.summary[key]  # type: ignore[literal-required]
+
+    def observe(self) -> Observation:
+        """The finished pipeline's typed view (see :class:`~payflow_lab.phases.Observation`)."""
+        if self.pipeline is None:
+            raise ValidationError("result", "this result carries no pipeline to observe (it was loaded, not run)")
+        return self.pipeline.observe()
 
     def to_json(self, *, series: bool = False, indent: int | None = 2) -> str:
         data = dict(self.summary)
@@ -203,12 +206,18 @@ class Simulation:
     dashboard in another thread can read ``recorder.series``.
     """
 
-    def __init__(self, config: RunConfig, *, controls: Controls | None = None,
-                 on_tick: Callable[[Simulation], None] | None = None,
-                 pipeline_cls: type[Pipeline] | None = None) -> None:
+    def __init__(
+        self,
+        config: RunConfig,
+        *,
+        controls: Controls | None = None,
+        on_tick: Callable[[Simulation], object] | None = None,
+        pipeline_cls: type[Pipeline] | None = None,
+    ) -> None:
         if not isinstance(config, RunConfig):
-            raise ValidationError("config", f"must be a RunConfig (RunConfig(**settings) for a dict), "
-                                            f"got {type(config).__name__}")
+            raise ValidationError(
+                "config", f"must be a RunConfig (RunConfig(**settings) for a dict), got {type(config).__name__}"
+            )
         self.config = config
         self.controls = controls
         self.on_tick = on_tick
@@ -374,27 +383,35 @@ class Simulation:
             self._baseline_p50 = sample[len(sample) // 2]
         recent = recorder.recent_median()
         if self._baseline_p50 and recent is not None and recent > 2 * self._baseline_p50:
-            recorder.mark_once("backing_up", f"payments back up: median latency {recent:.1f} s over the last "
-                                             f"minute, more than twice the usual {self._baseline_p50:.1f} s")
+            recorder.mark_once(
+                "backing_up",
+                f"payments back up: median latency {recent:.1f} s over the last "
+                f"minute, more than twice the usual {self._baseline_p50:.1f} s",
+            )
         last = recorder.last_completion
         waiting = recorder.attempted - self._attempted_at_completion
         if last is not None and waiting > 0 and now - last >= FREEZE_WINDOW_S:
-            recorder.mark_once("frozen", f"throughput falls to zero: no payment completes after "
-                                         f"{hhmmss(last)} ({waiting} waiting)", at=last)
+            recorder.mark_once(
+                "frozen",
+                f"throughput falls to zero: no payment completes after {hhmmss(last)} ({waiting} waiting)",
+                at=last,
+            )
 
     def _finish_events(self) -> None:
         recorder = self.recorder
         assert recorder is not None
         if recorder.stuck:
-            recorder.event(f"${recorder.stuck_cents_usd:,.0f} stuck in limbo: {recorder.stuck} payments never "
-                           f"resolved, {recorder.stuck_authorized} of them already authorized")
+            recorder.event(
+                f"${recorder.stuck_cents_usd:,.0f} stuck in limbo: {recorder.stuck} payments never "
+                f"resolved, {recorder.stuck_authorized} of them already authorized"
+            )
 
     def _result(self, wall: float) -> RunResult:
         recorder, world, pipeline = self.recorder, self.world, self.pipeline
         assert recorder is not None and world is not None and pipeline is not None
         sim_seconds = round(anyio.current_time() - self._t0, 6)
         base = recorder.summary()
-        moments = {"pool_exhausted_at": None, "throughput_zero_at": None}
+        moments: Moments = {"pool_exhausted_at": None, "throughput_zero_at": None}
         for at, _, _, what in recorder.events:
             if what.startswith("database connection pool exhausted") and moments["pool_exhausted_at"] is None:
                 moments["pool_exhausted_at"] = hhmmss(at)
@@ -407,7 +424,7 @@ class Simulation:
         window = max(1e-9, sim_seconds)
         rate = recorder.attempted / window
         time_in_system = recorder.time_in_system / recorder.attempted if recorder.attempted else 0.0
-        summary: dict[str, Any] = {
+        core: RunSummary = {
             "scenario": self.config.scenario_name,
             "phase": self.config.phase,
             "seed": self.config.seed,
@@ -436,25 +453,37 @@ class Simulation:
             "db_pool_size": world.pool.size,
             "payments_per_wall_second": round(recorder.attempted / wall, 1) if wall > 0 else None,
         }
-        summary.update(pipeline.summary())
+        summary = cast(RunSummary, {**core, **pipeline.summary()})
         series = {name: list(values) for name, values in recorder.series.items()}
-        return RunResult(summary=summary, series=series, registry=getattr(pipeline, "registry", None),
-                         latencies=recorder.latencies, pipeline=pipeline)
+        return RunResult(summary=summary, series=series, latencies=recorder.latencies, pipeline=pipeline)
 
 
 # ------------------------------------------------------------------ entry points
-def run_config(config: RunConfig, *, controls: Controls | None = None,
-               on_tick: Callable[[Simulation], None] | None = None,
-               pipeline_cls: type[Pipeline] | None = None) -> RunResult:
+def run_config(
+    config: RunConfig,
+    *,
+    controls: Controls | None = None,
+    on_tick: Callable[[Simulation], object] | None = None,
+    pipeline_cls: type[Pipeline] | None = None,
+) -> RunResult:
     """Run ``config`` in virtual time and return its result (in a worker thread if a loop is running here)."""
     simulation = Simulation(config, controls=controls, on_tick=on_tick, pipeline_cls=pipeline_cls)
 
     return in_virtual_time(simulation.run, backend=config.backend, seed=config.seed)
 
 
-def run(scenario: str | Scenario = "normal", phase: int = 1, *, seed: int = DEFAULT_SEED, scale: float = DEFAULT_SCALE,
-        backend: str = DEFAULT_BACKEND, duration: float | None = None, memory: str = "tracemalloc",
-        faults: Mapping[str, Any] | None = None, pipeline_cls: type[Pipeline] | None = None) -> RunResult:
+def run(
+    scenario: str | Scenario = "normal",
+    phase: int = 1,
+    *,
+    seed: int = DEFAULT_SEED,
+    scale: float = DEFAULT_SCALE,
+    backend: str = DEFAULT_BACKEND,
+    duration: float | None = None,
+    memory: str = "tracemalloc",
+    faults: Mapping[str, Any] | None = None,
+    pipeline_cls: type[Pipeline] | None = None,
+) -> RunResult:
     """Run one phase through one scenario in virtual time and return the result.
 
     ``pipeline_cls`` replaces the phase's own pipeline with a variant of yours
@@ -464,21 +493,29 @@ def run(scenario: str | Scenario = "normal", phase: int = 1, *, seed: int = DEFA
     >>> result = run("normal", phase=1, seed=7)            # doctest: +SKIP
     >>> result.summary["latency_ms"]["mean"]                # about 13,500 ms
     """
-    config = RunConfig(scenario=scenario, phase=phase, seed=seed, scale=scale, backend=backend,
-                       duration=duration, memory=memory, faults=dict(faults or {}))
+    config = RunConfig(
+        scenario=scenario,
+        phase=phase,
+        seed=seed,
+        scale=scale,
+        backend=backend,
+        duration=duration,
+        memory=memory,
+        faults=dict(faults or {}),
+    )
     return run_config(config, pipeline_cls=pipeline_cls)
 
 
-async def run_async(scenario: str | Scenario = "normal", phase: int = 1, *,
-                    pipeline_cls: type[Pipeline] | None = None, **options: Any) -> RunResult:
+async def run_async(
+    scenario: str | Scenario = "normal", phase: int = 1, *, pipeline_cls: type[Pipeline] | None = None, **options: Any
+) -> RunResult:
     """:func:`run` for async callers: the simulation runs in a worker thread; the caller's loop stays free.
 
     Takes the same arguments as :func:`run`.
     """
     config = RunConfig(scenario=scenario, phase=phase, **options)
     simulation = Simulation(config, pipeline_cls=pipeline_cls)
-    return await anyio.to_thread.run_sync(
-        lambda: run_virtual(simulation.run, backend=config.backend, seed=config.seed))
+    return await anyio.to_thread.run_sync(lambda: run_virtual(simulation.run, backend=config.backend, seed=config.seed))
 
 
 class LiveRun:
@@ -491,8 +528,9 @@ class LiveRun:
     behind.
     """
 
-    def __init__(self, config: RunConfig, *, pace: float | None = 20.0,
-                 pipeline_cls: type[Pipeline] | None = None) -> None:
+    def __init__(
+        self, config: RunConfig, *, pace: float | None = 20.0, pipeline_cls: type[Pipeline] | None = None
+    ) -> None:
         self.config = config
         self.controls = Controls(pace=pace)
         self.simulation = Simulation(config, controls=self.controls, pipeline_cls=pipeline_cls)
@@ -568,9 +606,12 @@ class LiveRun:
         if world is not None and isinstance(merchants, Mapping):
             unknown = sorted(m for m in merchants if m not in world.merchants)
             if unknown:
-                raise ValidationError("merchants", f"unknown merchant {unknown[0]!r}: this world has "
-                                                   f"{len(world.merchants)} merchants, "
-                                                   f"{min(world.merchants)} to {max(world.merchants)}")
+                raise ValidationError(
+                    "merchants",
+                    f"unknown merchant {unknown[0]!r}: this world has "
+                    f"{len(world.merchants)} merchants, "
+                    f"{min(world.merchants)} to {max(world.merchants)}",
+                )
         self.controls.set_faults(**changes)
 
     def set_pace(self, pace: float | None) -> None:

@@ -11,8 +11,9 @@ import payflow_lab as pf
 
 
 @lru_cache(maxsize=64)
-def _cached(scenario: str, phase: int, seed: int, scale: float, duration: float | None, backend: str,
-            memory: str) -> pf.RunResult:
+def _cached(
+    scenario: str, phase: int, seed: int, scale: float, duration: float | None, backend: str, memory: str
+) -> pf.RunResult:
     return pf.run(scenario, phase=phase, seed=seed, scale=scale, duration=duration, backend=backend, memory=memory)
 
 
@@ -23,8 +24,16 @@ def simulate():
     Runs are cached for the session: treat the result as read-only.
     """
 
-    def run(scenario: str = "normal", phase: int = 1, *, seed: int = 7, scale: float = 0.1,
-            duration: float | None = None, backend: str = "asyncio", memory: str = "tracemalloc") -> Any:
+    def run(
+        scenario: str = "normal",
+        phase: int = 1,
+        *,
+        seed: int = 7,
+        scale: float = 0.1,
+        duration: float | None = None,
+        backend: str = "asyncio",
+        memory: str = "tracemalloc",
+    ) -> Any:
         return _cached(scenario, phase, seed, scale, duration, backend, memory)
 
     return run

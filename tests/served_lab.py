@@ -25,13 +25,23 @@ STARTUP_TIMEOUT = 120.0  # a generous cap for a busy machine; the server is norm
 
 def isolated_environment(home: Path) -> dict[str, str]:
     """The current environment with HOME and every Jupyter directory inside ``home``."""
-    env = {k: v for k, v in os.environ.items()
-           if not k.startswith(("JUPYTER", "IPYTHON")) and k not in {"MAKEFLAGS", "MFLAGS", "MAKELEVEL"}}
-    for name, sub in {"HOME": "home", "JUPYTER_CONFIG_DIR": "config", "JUPYTER_DATA_DIR": "data",
-                      "JUPYTER_RUNTIME_DIR": "runtime", "JUPYTERLAB_SETTINGS_DIR": "lab-settings",
-                      "JUPYTERLAB_WORKSPACES_DIR": "lab-workspaces", "IPYTHONDIR": "ipython",
-                      "XDG_CONFIG_HOME": "xdg-config", "XDG_DATA_HOME": "xdg-data",
-                      "XDG_CACHE_HOME": "cache"}.items():
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(("JUPYTER", "IPYTHON")) and k not in {"MAKEFLAGS", "MFLAGS", "MAKELEVEL"}
+    }
+    for name, sub in {
+        "HOME": "home",
+        "JUPYTER_CONFIG_DIR": "config",
+        "JUPYTER_DATA_DIR": "data",
+        "JUPYTER_RUNTIME_DIR": "runtime",
+        "JUPYTERLAB_SETTINGS_DIR": "lab-settings",
+        "JUPYTERLAB_WORKSPACES_DIR": "lab-workspaces",
+        "IPYTHONDIR": "ipython",
+        "XDG_CONFIG_HOME": "xdg-config",
+        "XDG_DATA_HOME": "xdg-data",
+        "XDG_CACHE_HOME": "cache",
+    }.items():
         path = home / sub
         path.mkdir(parents=True, exist_ok=True)
         env[name] = str(path)
@@ -46,16 +56,25 @@ class Served:
         self.command, self.log = command, log
         self.runtime = Path(env["JUPYTER_RUNTIME_DIR"])
         with log.open("wb") as out:
-            self.process = subprocess.Popen(command, cwd=cwd, env=env, stdout=out, stderr=subprocess.STDOUT,
-                                            stdin=subprocess.DEVNULL, start_new_session=True)
+            self.process = subprocess.Popen(
+                command,
+                cwd=cwd,
+                env=env,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,
+            )
         self.info = self._wait_for_server()
 
     def _wait_for_server(self) -> dict[str, Any]:
         deadline = time.monotonic() + STARTUP_TIMEOUT
         while True:
             if self.process.poll() is not None:
-                raise AssertionError(f"{shlex.join(self.command)} exited with status {self.process.returncode} "
-                                     f"before serving anything:\n{self.tail()}")
+                raise AssertionError(
+                    f"{shlex.join(self.command)} exited with status {self.process.returncode} "
+                    f"before serving anything:\n{self.tail()}"
+                )
             for path in self.runtime.glob("jpserver-[0-9]*.json"):
                 try:
                     info = json.loads(path.read_text())
@@ -64,15 +83,17 @@ class Served:
                 except (ValueError, OSError):
                     pass  # written but not complete, or not answering yet
             if time.monotonic() > deadline:
-                raise AssertionError(f"{shlex.join(self.command)} did not serve within {STARTUP_TIMEOUT:g} s:\n"
-                                     f"{self.tail()}")
+                raise AssertionError(
+                    f"{shlex.join(self.command)} did not serve within {STARTUP_TIMEOUT:g} s:\n{self.tail()}"
+                )
             time.sleep(0.2)
 
     def get(self, path: str, *, info: dict[str, Any] | None = None) -> tuple[int, str, str]:
         """GET ``path`` with the server's token: (status, content type, body)."""
         info = info or self.info
-        request = urllib.request.Request(f"http://127.0.0.1:{info['port']}/{path.lstrip('/')}",
-                                         headers={"Authorization": f"token {info['token']}"})
+        request = urllib.request.Request(
+            f"http://127.0.0.1:{info['port']}/{path.lstrip('/')}", headers={"Authorization": f"token {info['token']}"}
+        )
         with urllib.request.urlopen(request, timeout=30) as response:
             return response.status, response.headers.get("Content-Type", ""), response.read().decode()
 

@@ -5,9 +5,9 @@ memory measurements and the backend's own name) must be identical on both
 backends, for every phase and scenario. This holds because nothing in the
 engine depends on the order in which a scheduler runs tasks that are ready at
 the same instant: a service call's random draws are keyed by the payment and
-the call (:meth:`payflow_lab.world.World.dice`), both virtual clocks land
+the call (:meth:`payflow_lab.core.world.World.dice`), both virtual clocks land
 exactly on timer deadlines, and timers due at the same instant fire in the
-order they were set on both backends (:mod:`payflow_lab.vtime`).
+order they were set on both backends (:mod:`payflow_lab.core.vtime`).
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ import json
 import pytest
 
 import payflow_lab as pf
-from payflow_lab.metrics import strip_nondeterministic
+from payflow_lab.core.recorder import strip_nondeterministic
 
 SCENARIOS = ("normal", "blackfriday", "recovery")
 
@@ -30,7 +30,7 @@ def _story(result: pf.RunResult) -> str:
 
 def _first_difference(a: str, b: str) -> str:
     i = next((i for i, (x, y) in enumerate(zip(a, b)) if x != y), min(len(a), len(b)))
-    return f"at character {i}: ...{a[max(0, i - 120):i + 60]}... vs ...{b[max(0, i - 120):i + 60]}..."
+    return f"at character {i}: ...{a[max(0, i - 120) : i + 60]}... vs ...{b[max(0, i - 120) : i + 60]}..."
 
 
 @pytest.mark.parametrize("seed", [1, 2, 3])
@@ -39,8 +39,10 @@ def _first_difference(a: str, b: str) -> str:
 def test_asyncio_and_trio_give_identical_json(phase, scenario, seed):
     # Scale 0.02 keeps the 45 pairs of runs affordable; the ties that used to split the backends
     # (timeouts due with the pump's tick, workers woken together) happen at every scale.
-    runs = [pf.run(scenario, phase=phase, seed=seed, scale=0.02, backend=backend, memory="off")
-            for backend in ("asyncio", "trio")]
+    runs = [
+        pf.run(scenario, phase=phase, seed=seed, scale=0.02, backend=backend, memory="off")
+        for backend in ("asyncio", "trio")
+    ]
     a, b = (_story(r) for r in runs)
     assert a == b, _first_difference(a, b)
 
@@ -56,7 +58,7 @@ def test_identical_at_the_default_scale_too(phase):
 def test_timers_due_together_fire_in_the_order_they_were_set(backend):
     import anyio
 
-    from payflow_lab.vtime import run_virtual
+    from payflow_lab.core.vtime import run_virtual
 
     async def main() -> list[str]:
         order: list[str] = []
@@ -79,7 +81,7 @@ def test_timers_due_together_fire_in_the_order_they_were_set(backend):
 def test_the_virtual_clock_lands_exactly_on_a_deadline(backend):
     import anyio
 
-    from payflow_lab.vtime import run_virtual
+    from payflow_lab.core.vtime import run_virtual
 
     async def main() -> list[float]:
         seen = []

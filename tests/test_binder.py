@@ -38,8 +38,11 @@ def requirement_lines() -> list[str]:
 
 def binder_link() -> str:
     readme = (ROOT / "README.md").read_text(encoding="utf-8")
-    match = re.search(r"\[!\[[^\]]*Binder[^\]]*\]\(https://mybinder\.org/badge_logo\.svg\)\]\((https://mybinder\.org/"
-                      r"v2/gh/[^)]+)\)", readme)
+    match = re.search(
+        r"\[!\[[^\]]*Binder[^\]]*\]\(https://mybinder\.org/badge_logo\.svg\)\]\((https://mybinder\.org/"
+        r"v2/gh/[^)]+)\)",
+        readme,
+    )
     assert match, "the README has no Binder badge linking to mybinder.org"
     return match.group(1)
 

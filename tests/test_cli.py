@@ -9,11 +9,16 @@ import sys
 
 import pytest
 
-from payflow_lab.cli import main
-from payflow_lab.metrics import strip_nondeterministic
+from payflow_lab.app.cli import main
+from payflow_lab.core.recorder import strip_nondeterministic
 
 CONTRACT = {
-    "scenario": str, "phase": int, "seed": int, "scale": float, "sim_seconds": float, "wall_seconds": float,
+    "scenario": str,
+    "phase": int,
+    "seed": int,
+    "scale": float,
+    "sim_seconds": float,
+    "wall_seconds": float,
     "payments": {"attempted": int, "authorized": int, "failed": int, "stuck": int, "stuck_dollars": float},
     "latency_ms": {"mean": float, "p50": float, "p95": float, "p99": float, "max": float},
     "side_effects": {"delivered": int, "failed": int, "dropped": int, "pending": int, "dead_lettered": int},
@@ -24,8 +29,9 @@ CONTRACT = {
 
 def cli(*args: str) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "PYTHONHASHSEED": "random"}
-    return subprocess.run([sys.executable, "-m", "payflow_lab", *args], capture_output=True, text=True,
-                          env=env, timeout=300)
+    return subprocess.run(
+        [sys.executable, "-m", "payflow_lab", *args], capture_output=True, text=True, env=env, timeout=300
+    )
 
 
 def check_contract(data, shape, path="") -> None:
@@ -114,12 +120,34 @@ def test_human_output_has_the_tables():
 
 def test_headline_numbers_are_whole_in_80_columns():
     env = {**os.environ, "COLUMNS": "80"}
-    done = subprocess.run([sys.executable, "-m", "payflow_lab", "run", "--scenario", "blackfriday", "--phase", "1",
-                           "--memory", "off", "--json"], capture_output=True, text=True, env=env, timeout=300)
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "payflow_lab",
+            "run",
+            "--scenario",
+            "blackfriday",
+            "--phase",
+            "1",
+            "--memory",
+            "off",
+            "--json",
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
     payments = json.loads(done.stdout)["payments"]
-    text = subprocess.run([sys.executable, "-m", "payflow_lab", "run", "--scenario", "blackfriday", "--phase", "1",
-                           "--memory", "off"], capture_output=True, text=True, env=env, timeout=300).stdout
-    headline = text[:text.index("Side effects")]
+    text = subprocess.run(
+        [sys.executable, "-m", "payflow_lab", "run", "--scenario", "blackfriday", "--phase", "1", "--memory", "off"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    ).stdout
+    headline = text[: text.index("Side effects")]
     assert "…" not in headline
     for key in ("attempted", "authorized", "stuck"):
         assert f"{payments[key]:,}" in headline
@@ -135,13 +163,14 @@ def test_options_before_the_command_are_kept(capsys):
 
 
 def test_bench_reports_backends_in_json():
-    from payflow_lab.bench import run_benchmarks
+    from payflow_lab.app.bench import run_benchmarks
 
     report = run_benchmarks(quick=True, only=["backends"])
     rows = {row["key"]: row for row in report["results"]["backends"]}
     assert rows["backends.asyncio"]["value"] > 0 and rows["backends.trio"]["value"] > 0
     assert rows["backends.ratio"]["value"] == pytest.approx(
-        rows["backends.asyncio"]["value"] / rows["backends.trio"]["value"], rel=0.02)
+        rows["backends.asyncio"]["value"] / rows["backends.trio"]["value"], rel=0.02
+    )
 
 
 def test_a_long_run_shows_a_progress_bar_on_a_terminal():
@@ -164,8 +193,13 @@ def test_a_long_run_shows_a_progress_bar_on_a_terminal():
     reader = threading.Thread(target=drain, daemon=True)
     reader.start()
     env = {**os.environ, "COLUMNS": "100", "TERM": "xterm"}
-    done = subprocess.run([sys.executable, "-m", "payflow_lab", "run", "--scenario", "blackfriday",
-                           "--json"], stdout=subprocess.PIPE, stderr=follower, env=env, timeout=300)
+    done = subprocess.run(
+        [sys.executable, "-m", "payflow_lab", "run", "--scenario", "blackfriday", "--json"],
+        stdout=subprocess.PIPE,
+        stderr=follower,
+        env=env,
+        timeout=300,
+    )
     os.close(follower)
     reader.join(10)
     os.close(leader)

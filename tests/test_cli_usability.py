@@ -19,11 +19,11 @@ from typing import Any
 import pytest
 
 import payflow_lab as pf
-import payflow_lab.narrate as narration
-from payflow_lab import progress
-from payflow_lab.cli import build_parser, main
+import payflow_lab.app.narrate as narration
+from payflow_lab.app.cli import build_parser, main
+from payflow_lab.core import progress
+from payflow_lab.core.scenarios import SCENARIOS
 from payflow_lab.phases import PHASES, get_phase
-from payflow_lab.scenarios import SCENARIOS
 
 
 def help_of(*command: str) -> str:
@@ -56,13 +56,13 @@ def test_run_help_says_what_every_scenario_and_phase_is() -> None:
 @pytest.mark.parametrize("command", [(), ("run",), ("bench",), ("lessons",)])
 def test_every_example_in_the_help_parses(command: tuple[str, ...]) -> None:
     text = help_of(*command)
-    examples = text[text.index("examples:"):].splitlines()[1:]
+    examples = text[text.index("examples:") :].splitlines()[1:]
     assert examples, f"no examples in payflow-lab {' '.join(command)} --help"
     parser = build_parser()
     for line in examples:
         shown = re.split(r"\s{2,}|#", line.strip())[0]
         argv = shlex.split(shown)
-        argv = argv[:next((i for i, arg in enumerate(argv) if arg[0] in "<>|"), len(argv))]  # shell redirections
+        argv = argv[: next((i for i, arg in enumerate(argv) if arg[0] in "<>|"), len(argv))]  # shell redirections
         assert argv[0] == "payflow-lab", line
         if "COMMAND" in argv:
             continue
@@ -96,21 +96,24 @@ def error_of(args: list[str], capsys: pytest.CaptureFixture[str]) -> str:
     return lines[0]
 
 
-@pytest.mark.parametrize(("args", "meant"), [
-    (["rn"], "'run'"),
-    (["lesson"], "'lessons'"),
-    (["run", "--scenario", "blakfriday"], "'blackfriday'"),
-    (["run", "--scenario", "Normal"], "'normal'"),
-    (["run", "--phase", "hookbus"], "'hook_bus'"),
-    (["run", "--phase", "fire_and_foget"], "'fire_and_forget'"),
-    (["run", "--sacle", "0.2"], "'--scale'"),
-    (["run", "--senario=normal"], "'--scenario'"),
-    (["run", "--jsno"], "'--json'"),
-    (["--sede", "3"], "'--seed'"),
-    (["bench", "--only", "backend"], "'backends'"),
-    (["replay", "--db", "x.sqlite", "--merchnt", "m1"], "'--merchant'"),
-    (["run", "--memory", "trace"], "'tracemalloc'"),
-])
+@pytest.mark.parametrize(
+    ("args", "meant"),
+    [
+        (["rn"], "'run'"),
+        (["lesson"], "'lessons'"),
+        (["run", "--scenario", "blakfriday"], "'blackfriday'"),
+        (["run", "--scenario", "Normal"], "'normal'"),
+        (["run", "--phase", "hookbus"], "'hook_bus'"),
+        (["run", "--phase", "fire_and_foget"], "'fire_and_forget'"),
+        (["run", "--sacle", "0.2"], "'--scale'"),
+        (["run", "--senario=normal"], "'--scenario'"),
+        (["run", "--jsno"], "'--json'"),
+        (["--sede", "3"], "'--seed'"),
+        (["bench", "--only", "backend"], "'backends'"),
+        (["replay", "--db", "x.sqlite", "--merchnt", "m1"], "'--merchant'"),
+        (["run", "--memory", "trace"], "'tracemalloc'"),
+    ],
+)
 def test_a_near_miss_gets_a_did_you_mean(args: list[str], meant: str, capsys: pytest.CaptureFixture[str]) -> None:
     line = error_of(args, capsys)
     assert f"did you mean {meant}?" in line
@@ -123,17 +126,19 @@ def test_a_far_miss_lists_the_choices_without_guessing(args: list[str], capsys: 
     assert args[-1] in line
 
 
-@pytest.mark.parametrize(("args", "flag"), [
-    (["run", "--scale", "0"], "--scale"),
-    (["run", "--scale", "5"], "--scale"),
-    (["run", "--duration", "-5"], "--duration"),
-    (["--scale", "9"], "--scale"),
-    (["run", "--live", "--pace", "0"], "--pace"),
-    (["replay", "--db", "/no/such/outbox.sqlite"], "--db"),
-    (["replay", "--db", ":memory:", "--limit", "-1"], "--limit"),
-])
-def test_engine_errors_name_the_option_as_typed(args: list[str], flag: str,
-                                                capsys: pytest.CaptureFixture[str]) -> None:
+@pytest.mark.parametrize(
+    ("args", "flag"),
+    [
+        (["run", "--scale", "0"], "--scale"),
+        (["run", "--scale", "5"], "--scale"),
+        (["run", "--duration", "-5"], "--duration"),
+        (["--scale", "9"], "--scale"),
+        (["run", "--live", "--pace", "0"], "--pace"),
+        (["replay", "--db", "/no/such/outbox.sqlite"], "--db"),
+        (["replay", "--db", ":memory:", "--limit", "-1"], "--limit"),
+    ],
+)
+def test_engine_errors_name_the_option_as_typed(args: list[str], flag: str, capsys: pytest.CaptureFixture[str]) -> None:
     """The engine raises ValidationError("scale", ...); the user typed --scale, so the error says --scale."""
     line = error_of(args, capsys)
     assert line.startswith(f"payflow-lab: error: {flag}: "), line
@@ -149,7 +154,7 @@ class FakeSimulation:
     """What ``on_tick`` reads of a simulation: its config, its scenario's start and the world's clock."""
 
     def __init__(self, config: Any) -> None:
-        from payflow_lab.scenarios import get_scenario
+        from payflow_lab.core.scenarios import get_scenario
 
         self.config = config
         self.scenario = get_scenario(config.scenario_name)
@@ -164,19 +169,24 @@ def fake_run_config(config: Any, on_tick: Any = None) -> pf.RunResult:
 
 
 def test_the_story_prints_one_line_per_step_when_stderr_is_not_a_terminal(
-        monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
     monkeypatch.setattr(narration, "run_config", fake_run_config)
     assert main(["--json"]) == 0
     captured = capsys.readouterr()
     json.loads(captured.out)  # stdout is the JSON object alone
-    expected = [f"phase {p}, {s}" for p in pf.available_phases()
-                for s in (("normal", "blackfriday", "recovery") if p == 5 else ("normal", "blackfriday"))]
+    expected = [
+        f"phase {p}, {s}"
+        for p in pf.available_phases()
+        for s in (("normal", "blackfriday", "recovery") if p == 5 else ("normal", "blackfriday"))
+    ]
     lines = captured.err.splitlines()
     assert lines == [f"payflow-lab: [{i}/{len(expected)}] {what}" for i, what in enumerate(expected, start=1)]
 
 
-def test_the_story_shows_a_progress_bar_on_a_terminal(monkeypatch: pytest.MonkeyPatch,
-                                                      capsys: pytest.CaptureFixture[str]) -> None:
+def test_the_story_shows_a_progress_bar_on_a_terminal(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
     terminal = io.StringIO()
     monkeypatch.setattr(narration, "run_config", fake_run_config)
     monkeypatch.setattr(narration, "Steps", functools.partial(progress.Steps, stream=terminal, terminal=True))
@@ -211,8 +221,9 @@ def run_with_stderr_on_a_terminal(args: list[str]) -> tuple[subprocess.Completed
     reader = threading.Thread(target=drain, daemon=True)
     reader.start()
     env = {**os.environ, "COLUMNS": "120", "TERM": "xterm"}
-    done = subprocess.run([sys.executable, "-m", "payflow_lab", *args], stdout=subprocess.PIPE, stderr=follower,
-                          env=env, timeout=300)
+    done = subprocess.run(
+        [sys.executable, "-m", "payflow_lab", *args], stdout=subprocess.PIPE, stderr=follower, env=env, timeout=300
+    )
     os.close(follower)
     reader.join(10)
     os.close(leader)
@@ -229,8 +240,12 @@ def test_bench_shows_its_steps_on_a_terminal_and_keeps_stdout_pure_json() -> Non
 
 
 def test_bench_prints_one_line_per_step_when_stderr_is_not_a_terminal() -> None:
-    done = subprocess.run([sys.executable, "-m", "payflow_lab", "bench", "--only", "backends", "--quick", "--json"],
-                          capture_output=True, text=True, timeout=300)
+    done = subprocess.run(
+        [sys.executable, "-m", "payflow_lab", "bench", "--only", "backends", "--quick", "--json"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert done.returncode == 0
     assert list(json.loads(done.stdout)["results"]) == ["backends"]
     assert done.stderr.splitlines() == ["payflow-lab bench: [1/1] backends"]

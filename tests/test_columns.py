@@ -1,4 +1,4 @@
-"""payflow_lab.columns: a column reads like the list it stands for, whatever part of it is on disk."""
+"""payflow_lab.core.columns: a column reads like the list it stands for, whatever part of it is on disk."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from payflow_lab.columns import Column
+from payflow_lab.core.columns import Column
 
 values = st.lists(st.one_of(st.none(), st.floats(allow_nan=False, allow_infinity=False)), max_size=60)
 
@@ -75,7 +75,7 @@ def test_a_reader_in_another_thread_never_sees_a_gap() -> None:
 
 
 def test_the_last_value_can_be_amended_even_when_it_is_on_disk() -> None:
-    column = Column("q", range(8), chunk=4)           # 8 values: both chunks on disk, none in memory
+    column = Column("q", range(8), chunk=4)  # 8 values: both chunks on disk, none in memory
     assert column.in_memory == 0
     column.set_last(70)
     assert column == [0, 1, 2, 3, 4, 5, 6, 70]

@@ -14,9 +14,9 @@ import time
 import pytest
 
 import payflow_lab as pf
-from payflow_lab import controls as controls_module
-from payflow_lab.controls import BUSY_SLICE_S, CHECKPOINT_S, Controls
-from payflow_lab.domain import ValidationError
+from payflow_lab.core import controls as controls_module
+from payflow_lab.core.controls import BUSY_SLICE_S, CHECKPOINT_S, Controls
+from payflow_lab.core.errors import ValidationError
 from payflow_lab.runner import RunConfig
 
 CAP_S = 60.0  # a safety net only: a machine this slow has other problems
@@ -130,8 +130,13 @@ def test_the_live_benchmark_measures_clicks_in_a_real_kernel():
     from payflow_lab.lab.livebench import bench_live
 
     rows = {row["key"]: row for row in bench_live(quick=True)}
-    assert set(rows) == {"live.pause_latency_p99_s", "live.pause_seen_p99_s", "live.control_latency_p99_s",
-                         "live.pace_ratio", "live.iopub_kib_per_s"}
+    assert set(rows) == {
+        "live.pause_latency_p99_s",
+        "live.pause_seen_p99_s",
+        "live.control_latency_p99_s",
+        "live.pace_ratio",
+        "live.iopub_kib_per_s",
+    }
     for key in ("live.pause_latency_p99_s", "live.pause_seen_p99_s", "live.control_latency_p99_s"):
         assert isinstance(rows[key]["value"], float) and rows[key]["value"] >= 0, rows[key]
     assert 0 < rows["live.pace_ratio"]["value"] <= 1.0

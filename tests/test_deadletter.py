@@ -12,7 +12,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from payflow_lab.domain import ValidationError
+from payflow_lab.core.errors import ValidationError
+from payflow_lab.core.vtime import BACKENDS, run_virtual
 from payflow_lab.resilience import (
     BREAKER_OPEN_TOO_LONG,
     RETRIES_EXHAUSTED,
@@ -22,7 +23,6 @@ from payflow_lab.resilience import (
     InMemoryDeadLetters,
     replay,
 )
-from payflow_lab.vtime import BACKENDS, run_virtual
 
 
 class FakeClock:
@@ -36,20 +36,27 @@ class FakeClock:
 def filled(clock: FakeClock) -> InMemoryDeadLetters:
     """Five letters for three merchants, one every 10 s from t=0."""
     store = InMemoryDeadLetters(clock=clock)
-    for key, reason in [("mch_00001", RETRIES_EXHAUSTED), ("mch_00002", BREAKER_OPEN_TOO_LONG),
-                        ("mch_00001", BREAKER_OPEN_TOO_LONG), ("mch_00003", RETRY_BUDGET_EMPTY),
-                        ("mch_00001", RETRIES_EXHAUSTED)]:
+    for key, reason in [
+        ("mch_00001", RETRIES_EXHAUSTED),
+        ("mch_00002", BREAKER_OPEN_TOO_LONG),
+        ("mch_00001", BREAKER_OPEN_TOO_LONG),
+        ("mch_00003", RETRY_BUDGET_EMPTY),
+        ("mch_00001", RETRIES_EXHAUSTED),
+    ]:
         store.add(key, {"payment_id": f"pay_{clock.now:012.0f}"}, reason, attempts=4, error="EndpointError: 503")
         clock.now += 10.0
     return store
 
 
 # ------------------------------------------------------------------ keeping
-@pytest.mark.parametrize(("args", "field"), [
-    (("", {}, RETRIES_EXHAUSTED), "key"),
-    (("mch_00001", {}, ""), "reason"),
-    (("mch_00001", {}, None), "reason"),
-])
+@pytest.mark.parametrize(
+    ("args", "field"),
+    [
+        (("", {}, RETRIES_EXHAUSTED), "key"),
+        (("mch_00001", {}, ""), "reason"),
+        (("mch_00001", {}, None), "reason"),
+    ],
+)
 def test_bad_letters_are_refused(args: tuple[Any, ...], field: str) -> None:
     store = InMemoryDeadLetters(clock=FakeClock())
     with pytest.raises(ValidationError) as caught:
@@ -69,18 +76,26 @@ def test_a_letter_keeps_everything_about_the_failed_delivery() -> None:
     seen: list[DeadLetter] = []
     store = InMemoryDeadLetters(clock=clock, on_add=seen.append)
     clock.now = 51_300.0
-    letter = store.add("mch_00042", {"payment_id": "pay_0000000000ab"}, BREAKER_OPEN_TOO_LONG, attempts=3,
-                       error="BreakerOpen: open")
-    assert letter == DeadLetter(id="dl_000001", key="mch_00042", kind="webhook",
-                                payload={"payment_id": "pay_0000000000ab"}, reason=BREAKER_OPEN_TOO_LONG,
-                                at=51_300.0, attempts=3, error="BreakerOpen: open")
+    letter = store.add(
+        "mch_00042", {"payment_id": "pay_0000000000ab"}, BREAKER_OPEN_TOO_LONG, attempts=3, error="BreakerOpen: open"
+    )
+    assert letter == DeadLetter(
+        id="dl_000001",
+        key="mch_00042",
+        kind="webhook",
+        payload={"payment_id": "pay_0000000000ab"},
+        reason=BREAKER_OPEN_TOO_LONG,
+        at=51_300.0,
+        attempts=3,
+        error="BreakerOpen: open",
+    )
     assert seen == [letter] and store.get("dl_000001") == letter
     assert store.add("mch_00042", None, RETRIES_EXHAUSTED, attempts=1).id == "dl_000002"
 
 
 def test_list_filters_by_key_reason_kind_and_age_oldest_first() -> None:
     clock = FakeClock()
-    store = filled(clock)                               # letters at t = 0, 10, 20, 30, 40; now t = 50
+    store = filled(clock)  # letters at t = 0, 10, 20, 30, 40; now t = 50
     store.add("mch_00002", None, RETRIES_EXHAUSTED, attempts=1, kind="analytics")
     ids = lambda letters: [letter.id for letter in letters]  # noqa: E731
     assert ids(store.list()) == [f"dl_00000{i}" for i in range(1, 7)]
@@ -88,7 +103,7 @@ def test_list_filters_by_key_reason_kind_and_age_oldest_first() -> None:
     assert ids(store.list(reason=BREAKER_OPEN_TOO_LONG)) == ["dl_000002", "dl_000003"]
     assert ids(store.list(kind="analytics")) == ["dl_000006"]
     assert ids(store.list(older_than=30.0)) == ["dl_000001", "dl_000002", "dl_000003"]  # ages 50, 40, 30
-    assert ids(store.list(newer_than=20.0)) == ["dl_000005", "dl_000006"]              # ages 10, 0
+    assert ids(store.list(newer_than=20.0)) == ["dl_000005", "dl_000006"]  # ages 10, 0
     assert ids(store.list(key="mch_00001", reason=RETRIES_EXHAUSTED, older_than=5.0)) == ["dl_000001", "dl_000005"]
     assert ids(store.list(limit=2)) == ["dl_000001", "dl_000002"]
     for bad in ({"older_than": -1}, {"newer_than": float("nan")}, {"limit": -1}):
@@ -182,7 +197,7 @@ def test_a_cancelled_replay_loses_nothing(backend: str) -> None:
         return len(store), store.removed
 
     left, removed = run_virtual(main, backend=backend)
-    assert (left, removed) == (7, 3)                        # three delivered; the one in flight stays
+    assert (left, removed) == (7, 3)  # three delivered; the one in flight stays
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -205,7 +220,12 @@ def test_stop_after_failures_probes_a_dead_endpoint_with_one_call(backend: str) 
     run_virtual(main, backend=backend)
     assert calls == ["dl_000001", "dl_000001", "dl_000003"]
     assert [(letter.id, letter.attempts) for letter in store] == [
-        ("dl_000001", 6), ("dl_000002", 4), ("dl_000003", 5), ("dl_000004", 4), ("dl_000005", 4)]
+        ("dl_000001", 6),
+        ("dl_000002", 4),
+        ("dl_000003", 5),
+        ("dl_000004", 4),
+        ("dl_000005", 4),
+    ]
 
 
 def test_a_letter_removed_meanwhile_is_skipped() -> None:
@@ -214,7 +234,7 @@ def test_a_letter_removed_meanwhile_is_skipped() -> None:
 
     async def deliver(letter: DeadLetter) -> None:
         delivered.append(letter.id)
-        store.remove("dl_000003")                          # someone else replayed it
+        store.remove("dl_000003")  # someone else replayed it
 
     async def main() -> None:
         report = await replay(store, deliver)
@@ -231,8 +251,11 @@ def test_replay_refuses_bad_arguments() -> None:
     async def deliver(letter: DeadLetter) -> None:
         raise AssertionError("must not be called")
 
-    for kwargs, field in (({"concurrency": 0}, "concurrency"), ({"older_than": -5}, "older_than"),
-                          ({"stop_after_failures": 0}, "stop_after_failures")):
+    for kwargs, field in (
+        ({"concurrency": 0}, "concurrency"),
+        ({"older_than": -5}, "older_than"),
+        ({"stop_after_failures": 0}, "stop_after_failures"),
+    ):
         with pytest.raises(ValidationError) as caught:
             run_virtual(lambda: replay(store, deliver, **kwargs))  # noqa: B023
         assert caught.value.field == field
@@ -270,8 +293,10 @@ class SQLiteDeadLetters:
 
     def __init__(self, clock: FakeClock) -> None:
         self.db = sqlite3.connect(":memory:")
-        self.db.execute("CREATE TABLE letters (id TEXT PRIMARY KEY, key TEXT, kind TEXT, payload TEXT, reason TEXT,"
-                        " at REAL, attempts INT, error TEXT, replays INT, last_replay_at REAL)")
+        self.db.execute(
+            "CREATE TABLE letters (id TEXT PRIMARY KEY, key TEXT, kind TEXT, payload TEXT, reason TEXT,"
+            " at REAL, attempts INT, error TEXT, replays INT, last_replay_at REAL)"
+        )
         self.clock = clock
 
     def now(self) -> float:
@@ -282,8 +307,9 @@ class SQLiteDeadLetters:
         fields["payload"] = json.loads(fields["payload"])
         return DeadLetter(**fields)
 
-    def add(self, key: str, payload: Any, reason: str, *, attempts: int, kind: str = "webhook",
-            error: str | None = None) -> DeadLetter:
+    def add(
+        self, key: str, payload: Any, reason: str, *, attempts: int, kind: str = "webhook", error: str | None = None
+    ) -> DeadLetter:
         serial = self.db.execute("SELECT COUNT(*) FROM letters").fetchone()[0] + 1
         letter = DeadLetter(f"dl_{serial:06d}", key, kind, payload, reason, self.now(), attempts, error)
         self.update(letter)
@@ -293,9 +319,16 @@ class SQLiteDeadLetters:
         row = self.db.execute("SELECT * FROM letters WHERE id = ?", (letter_id,)).fetchone()
         return None if row is None else self._letter(row)
 
-    def list(self, *, key: str | None = None, reason: str | None = None, kind: str | None = None,
-             older_than: float | None = None, newer_than: float | None = None,
-             limit: int | None = None) -> list[DeadLetter]:
+    def list(
+        self,
+        *,
+        key: str | None = None,
+        reason: str | None = None,
+        kind: str | None = None,
+        older_than: float | None = None,
+        newer_than: float | None = None,
+        limit: int | None = None,
+    ) -> list[DeadLetter]:
         rows = self.db.execute("SELECT * FROM letters ORDER BY id").fetchall()
         letters = [self._letter(r) for r in rows if (key is None or r[1] == key) and (reason is None or r[4] == reason)]
         return letters[:limit]
@@ -333,5 +366,7 @@ def test_another_store_behind_the_protocol_replays_the_same_way() -> None:
     assert report.replayed == ["dl_000001", "dl_000003"]
     assert report.failed == ["dl_000002", "dl_000004"]
     assert [(letter.id, letter.attempts, letter.last_replay_at) for letter in store.list()] == [
-        ("dl_000002", 5, 60.0), ("dl_000004", 5, 60.0)]
+        ("dl_000002", 5, 60.0),
+        ("dl_000004", 5, 60.0),
+    ]
     assert store.count_by_reason() == {RETRIES_EXHAUSTED: 2}

@@ -7,7 +7,7 @@ import json
 import pytest
 
 import payflow_lab as pf
-from payflow_lab.metrics import strip_nondeterministic
+from payflow_lab.core.recorder import strip_nondeterministic
 
 
 def _fingerprint(result: pf.RunResult) -> str:

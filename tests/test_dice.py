@@ -7,10 +7,10 @@ import statistics
 
 import pytest
 
-from payflow_lab.dice import Dice
-from payflow_lab.domain import Payment
-from payflow_lab.metrics import Recorder
-from payflow_lab.world import World
+from payflow_lab.core.dice import Dice
+from payflow_lab.core.domain import Payment
+from payflow_lab.core.recorder import Recorder
+from payflow_lab.core.world import World
 
 
 def _world(seed: int = 1) -> World:

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 
 import payflow_lab as pf
+from payflow_lab.core.scenarios import get_scenario
 from payflow_lab.runner import DRAIN_SECONDS, RunConfig, run_config
-from payflow_lab.scenarios import get_scenario
 
 
 @pytest.mark.parametrize("seed", [1, 2, 3, 4, 5, 6, 7, 8])

@@ -10,10 +10,10 @@ from typing import Any
 
 import pytest
 
-from payflow_lab.cli import main
-from payflow_lab.domain import Payment
+from payflow_lab.app.cli import main
+from payflow_lab.core.domain import Payment
 from payflow_lab.durable import Outbox
-from payflow_lab.durable.cli import parse_age
+from payflow_lab.durable.commands import parse_age
 
 
 def run_cli(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, Any, str]:
@@ -30,12 +30,18 @@ def letters_db(tmp_path: Path) -> Path:
     now = time.time()
     ages = [3 * 3600, 2 * 3600, 3600, 1800, 0]
     with Outbox(path, clock=time.time) as outbox:
-        for n, (merchant, kind, reason) in enumerate([
-                ("mch_00001", "webhook", "retries_exhausted"), ("mch_00002", "webhook", "breaker_open_too_long"),
-                ("mch_00001", "webhook", "breaker_open_too_long"), ("mch_00003", "audit", "retries_exhausted"),
-                ("mch_00001", "webhook", "retries_exhausted")]):
-            payment = Payment(id=f"pay_{n + 1:012x}", merchant_id=merchant, amount_cents=500, currency="USD",
-                              created_at=now)
+        for n, (merchant, kind, reason) in enumerate(
+            [
+                ("mch_00001", "webhook", "retries_exhausted"),
+                ("mch_00002", "webhook", "breaker_open_too_long"),
+                ("mch_00001", "webhook", "breaker_open_too_long"),
+                ("mch_00003", "audit", "retries_exhausted"),
+                ("mch_00001", "webhook", "retries_exhausted"),
+            ]
+        ):
+            payment = Payment(
+                id=f"pay_{n + 1:012x}", merchant_id=merchant, amount_cents=500, currency="USD", created_at=now
+            )
             [event] = outbox.record_authorization(payment, kinds=(kind,))
             outbox.clock = lambda age=ages[n]: time.time() - age  # type: ignore[misc]
             outbox.dead_letters.add(event.key, event, reason, attempts=4, kind=kind, error="HTTP 503")
@@ -44,7 +50,8 @@ def letters_db(tmp_path: Path) -> Path:
 
 
 def test_replay_lists_dead_letters_filtered_by_merchant_reason_kind_and_age(
-        capsys: pytest.CaptureFixture[str], letters_db: Path) -> None:
+    capsys: pytest.CaptureFixture[str], letters_db: Path
+) -> None:
     status, data, _ = run_cli(capsys, "replay", "--db", str(letters_db), "--json")
     assert status == 0 and data["matched"] == 5 and data["requeued"] == 0
     assert [row["id"] for row in data["letters"]] == [f"dl_00000{i}" for i in range(1, 6)]  # oldest first
@@ -65,10 +72,21 @@ def test_replay_lists_dead_letters_filtered_by_merchant_reason_kind_and_age(
     assert ids("--limit", "2") == ["dl_000001", "dl_000002"]
 
 
-def test_replay_requeue_puts_the_same_events_back_in_the_outbox(capsys: pytest.CaptureFixture[str],
-                                                                letters_db: Path) -> None:
-    status, data, _ = run_cli(capsys, "replay", "--db", str(letters_db), "--merchant", "mch_00001",
-                              "--reason", "breaker_open_too_long", "--requeue", "--json")
+def test_replay_requeue_puts_the_same_events_back_in_the_outbox(
+    capsys: pytest.CaptureFixture[str], letters_db: Path
+) -> None:
+    status, data, _ = run_cli(
+        capsys,
+        "replay",
+        "--db",
+        str(letters_db),
+        "--merchant",
+        "mch_00001",
+        "--reason",
+        "breaker_open_too_long",
+        "--requeue",
+        "--json",
+    )
     assert status == 0 and data["requeued"] == 1 and data["letters"][0]["id"] == "dl_000003"
     assert data["outbox"]["pending"] == 1 and data["outbox"]["dead"] == 4
     with Outbox(letters_db, clock=time.time) as outbox:
@@ -79,18 +97,22 @@ def test_replay_requeue_puts_the_same_events_back_in_the_outbox(capsys: pytest.C
     assert status == 0 and "Dead letters in" in text and "1 pending, 0 delivered, 4 dead" in text
 
 
-@pytest.mark.parametrize(("argv", "message"), [
-    (["replay", "--db", "{missing}"], "no such database file"),
-    (["replay", "--db", "{garbage}"], "not a usable SQLite database"),
-    (["replay", "--db", "{future}"], "schema version 7 is unknown"),
-    (["replay", "--db", "{future}", "--older-than", "soon"], "must be an age"),
-    (["replay"], "--db"),
-    (["realtime", "--rate", "0", "--db", ":memory:"], "rate: must be between"),
-    (["realtime", "--endpoints", "{missing}"], "endpoints: cannot read"),
-    (["realtime", "--fail-window", "0.6", "0.2", "--db", ":memory:"], "--fail-window: must start before it ends"),
-])
-def test_bad_input_is_one_clear_line_and_status_2(capsys: pytest.CaptureFixture[str], tmp_path: Path,
-                                                   argv: list[str], message: str) -> None:
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["replay", "--db", "{missing}"], "no such database file"),
+        (["replay", "--db", "{garbage}"], "not a usable SQLite database"),
+        (["replay", "--db", "{future}"], "schema version 7 is unknown"),
+        (["replay", "--db", "{future}", "--older-than", "soon"], "must be an age"),
+        (["replay"], "--db"),
+        (["realtime", "--rate", "0", "--db", ":memory:"], "rate: must be between"),
+        (["realtime", "--endpoints", "{missing}"], "endpoints: cannot read"),
+        (["realtime", "--fail-window", "0.6", "0.2", "--db", ":memory:"], "--fail-window: must start before it ends"),
+    ],
+)
+def test_bad_input_is_one_clear_line_and_status_2(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, argv: list[str], message: str
+) -> None:
     garbage = tmp_path / "garbage.sqlite"
     garbage.write_bytes(b"\x00not sqlite\x00" * 500)
     future = tmp_path / "future.sqlite"
@@ -109,10 +131,25 @@ def test_ages_are_read_with_units() -> None:
 
 
 def test_the_realtime_scenario_delivers_over_http_with_a_receiver_failing_and_recovering(
-        capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
     db = tmp_path / "rt.sqlite"
-    status, s, err = run_cli(capsys, "realtime", "--db", str(db), "--duration", "4", "--rate", "25",
-                             "--receivers", "2", "--fail-window", "0.1", "0.6", "--json")
+    status, s, err = run_cli(
+        capsys,
+        "realtime",
+        "--db",
+        str(db),
+        "--duration",
+        "4",
+        "--rate",
+        "25",
+        "--receivers",
+        "2",
+        "--fail-window",
+        "0.1",
+        "0.6",
+        "--json",
+    )
     assert status == 0, err
     check = s["check"]
     assert s["payments"]["authorized"] > 40
@@ -144,13 +181,24 @@ def test_replay_reads_a_simulated_file_in_story_time(tmp_path):
 
     path = tmp_path / "simulated.sqlite"
     box = Outbox(path)
-    run_durable("normal", seed=3, scale=0.02, duration=1200, outbox=box, memory="off",
-                faults={"tier_modes": {"standard": "down"}})
+    run_durable(
+        "normal",
+        seed=3,
+        scale=0.02,
+        duration=1200,
+        outbox=box,
+        memory="off",
+        faults={"tier_modes": {"standard": "down"}},
+    )
     dead = sum(box.dead_letters.count_by_reason().values())
     box.close()
     assert dead > 0
-    done = _subprocess.run([_sys.executable, "-m", "payflow_lab", "replay", "--db", str(path), "--json", "--requeue"],
-                           capture_output=True, text=True, timeout=60)
+    done = _subprocess.run(
+        [_sys.executable, "-m", "payflow_lab", "replay", "--db", str(path), "--json", "--requeue"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert done.returncode == 0, done.stderr
     report = _json.loads(done.stdout)
     assert report["matched"] == report["requeued"] == dead

@@ -65,8 +65,19 @@ def _runs(db: Path) -> int:
 
 
 def _child(db: Path, endpoints: Path, *args: str) -> list[str]:
-    return [sys.executable, "-m", "payflow_lab", "realtime", "--db", str(db), "--endpoints", str(endpoints),
-            "--workers", "8", *args]
+    return [
+        sys.executable,
+        "-m",
+        "payflow_lab",
+        "realtime",
+        "--db",
+        str(db),
+        "--endpoints",
+        str(endpoints),
+        "--workers",
+        "8",
+        *args,
+    ]
 
 
 def test_sigkill_at_random_points_loses_nothing_and_applies_nothing_twice(tmp_path: Path) -> None:
@@ -81,15 +92,25 @@ def test_sigkill_at_random_points_loses_nothing_and_applies_nothing_twice(tmp_pa
     started = time.monotonic()
     with serve_in_thread(receivers):
         endpoints = tmp_path / "endpoints.json"
-        endpoints.write_text(json.dumps(Routes([r.endpoint for r in receivers[:2]],
-                                               {"analytics": receivers[2].endpoint,
-                                                "audit": receivers[3].endpoint}).as_dict()))
+        endpoints.write_text(
+            json.dumps(
+                Routes(
+                    [r.endpoint for r in receivers[:2]],
+                    {"analytics": receivers[2].endpoint, "audit": receivers[3].endpoint},
+                ).as_dict()
+            )
+        )
         after_startup = 0
         for number in range(KILLS):
             registered = max(_runs(db), 0)
-            child = subprocess.Popen(_child(db, endpoints, "--duration", "60", "--rate", "40", "--drain", "0",
-                                            "--seed", str(number), "--json"),
-                                     stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env)
+            child = subprocess.Popen(
+                _child(
+                    db, endpoints, "--duration", "60", "--rate", "40", "--drain", "0", "--seed", str(number), "--json"
+                ),
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.PIPE,
+                env=env,
+            )
             try:
                 if number % STARTUP_KILL_EVERY == 0:
                     time.sleep(rng.uniform(0.0, 0.8))  # during start-up, most likely
@@ -113,8 +134,13 @@ def test_sigkill_at_random_points_loses_nothing_and_applies_nothing_twice(tmp_pa
             finally:
                 child.wait(timeout=10)
                 child.stderr.close()
-        final = subprocess.run(_child(db, endpoints, "--duration", "0", "--drain", "60", "--json"),
-                               capture_output=True, text=True, env=env, timeout=120)
+        final = subprocess.run(
+            _child(db, endpoints, "--duration", "0", "--drain", "60", "--json"),
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=120,
+        )
         assert final.returncode == 0, final.stderr[-3000:]
         summary = json.loads(final.stdout)
         assert summary["drained"], summary["outbox"]
@@ -159,8 +185,10 @@ def test_sigkill_at_random_points_loses_nothing_and_applies_nothing_twice(tmp_pa
     # A request cut short by the kill arrives with half a body: refused (408, truncated), never applied.
     refused = sum(r.counters["bad_signature"] + r.counters["malformed"] + r.counters["truncated"] for r in receivers)
     assert refused <= kills, [r.counters for r in receivers]
-    print(f"\n{kills} kills ({runs - 1} after start-up), {len(payments)} payments, {len(events)} events, "
-          f"{sum(s['deliveries'] for s in stats)} deliveries received, {redelivered} redeliveries deduplicated, "
-          f"{refused} truncated requests refused, {elapsed:.1f} s")
+    print(
+        f"\n{kills} kills ({runs - 1} after start-up), {len(payments)} payments, {len(events)} events, "
+        f"{sum(s['deliveries'] for s in stats)} deliveries received, {redelivered} redeliveries deduplicated, "
+        f"{refused} truncated requests refused, {elapsed:.1f} s"
+    )
     for receiver in receivers:
         receiver.ledger.close()

@@ -14,12 +14,13 @@ from typing import Any
 import anyio
 import pytest
 
-from payflow_lab.domain import Payment, ValidationError
+from payflow_lab.core.domain import Payment
+from payflow_lab.core.errors import DeliveryFailed, DeliveryRejected, ValidationError
+from payflow_lab.core.recorder import strip_nondeterministic
+from payflow_lab.core.vtime import run_virtual
 from payflow_lab.durable import (
     RETRY_ON,
     Deliverer,
-    DeliveryFailed,
-    DeliveryRejected,
     Dispatcher,
     Outbox,
     OutboxEvent,
@@ -28,7 +29,6 @@ from payflow_lab.durable import (
     Transport,
 )
 from payflow_lab.durable.pipeline import crash_demo, run_durable
-from payflow_lab.metrics import strip_nondeterministic
 from payflow_lab.resilience import (
     BreakerConfig,
     KeyedCircuitBreaker,
@@ -36,7 +36,6 @@ from payflow_lab.resilience import (
     RateLimit,
     RetryPolicy,
 )
-from payflow_lab.vtime import run_virtual
 
 
 def payment(n: int, merchant: str = "mch_00001") -> Payment:
@@ -67,8 +66,9 @@ class Scripted:
 
 
 def deliverer(transport: Any, **options: Any) -> Deliverer:
-    options.setdefault("retry", RetryPolicy(max_attempts=3, base_delay=0.5, max_delay=2.0, rng=random.Random(1),
-                                            retry_on=RETRY_ON))
+    options.setdefault(
+        "retry", RetryPolicy(max_attempts=3, base_delay=0.5, max_delay=2.0, rng=random.Random(1), retry_on=RETRY_ON)
+    )
     return Deliverer(transport, timeout=5.0, **options)
 
 
@@ -112,10 +112,11 @@ def test_an_open_breaker_or_an_empty_bucket_defers_without_calling() -> None:
     async def main() -> tuple[Any, Any, int]:
         transport = Scripted(lambda e, t: "fail")
         breakers: KeyedCircuitBreaker[str] = KeyedCircuitBreaker(
-            BreakerConfig(failure_ratio=None, consecutive_failures=2, break_duration=30.0))
+            BreakerConfig(failure_ratio=None, consecutive_failures=2, break_duration=30.0)
+        )
         d = deliverer(transport, breakers=breakers)
-        first = await d.deliver(event)          # two failures open the breaker; the third attempt is refused
-        second = await d.deliver(event)         # refused at once: no call made
+        first = await d.deliver(event)  # two failures open the breaker; the third attempt is refused
+        second = await d.deliver(event)  # refused at once: no call made
         return first, second, transport.calls
 
     first, second, calls = run_virtual(main)
@@ -133,8 +134,12 @@ def test_an_open_breaker_or_an_empty_bucket_defers_without_calling() -> None:
 
 
 def test_the_delivery_function_checks_its_parts() -> None:
-    for bad, field in [(dict(timeout=0), "timeout"), (dict(breakers=object()), "breakers"),
-                       (dict(retry="twice"), "retry"), (dict(max_rate_wait=-1), "max_rate_wait")]:
+    for bad, field in [
+        (dict(timeout=0), "timeout"),
+        (dict(breakers=object()), "breakers"),
+        (dict(retry="twice"), "retry"),
+        (dict(max_rate_wait=-1), "max_rate_wait"),
+    ]:
         with pytest.raises(ValidationError) as caught:
             Deliverer(Scripted(lambda e, t: "ok"), **bad)
         assert caught.value.field == field
@@ -144,15 +149,35 @@ def test_the_delivery_function_checks_its_parts() -> None:
 
 
 # ---------------------------------------------------------------------------- the dispatcher
-def dispatch(plan: Callable[[OutboxEvent, float], str], *, payments: int = 20, run_for: float = 120.0,
-             outbox: Outbox | None = None, transport: Scripted | None = None, deadline: float = 5.0,
-             with_breakers: bool = True, **options: Any) -> tuple[Outbox, Scripted, Dispatcher]:
+def dispatch(
+    plan: Callable[[OutboxEvent, float], str],
+    *,
+    payments: int = 20,
+    run_for: float = 120.0,
+    outbox: Outbox | None = None,
+    transport: Scripted | None = None,
+    deadline: float = 5.0,
+    with_breakers: bool = True,
+    **options: Any,
+) -> tuple[Outbox, Scripted, Dispatcher]:
     box = outbox or Outbox(clock=anyio.current_time)
     transport = transport or Scripted(plan)
-    breakers: KeyedCircuitBreaker[str] | None = KeyedCircuitBreaker(
-        BreakerConfig(minimum_throughput=5, window_size=10.0, break_duration=5.0)) if with_breakers else None
-    d = Dispatcher(box, deliverer(transport, breakers=breakers), workers=4, poll_interval=1.0,
-                   shutdown_deadline=deadline, backoff_base=1.0, backoff_cap=10.0, rng=random.Random(3), **options)
+    breakers: KeyedCircuitBreaker[str] | None = (
+        KeyedCircuitBreaker(BreakerConfig(minimum_throughput=5, window_size=10.0, break_duration=5.0))
+        if with_breakers
+        else None
+    )
+    d = Dispatcher(
+        box,
+        deliverer(transport, breakers=breakers),
+        workers=4,
+        poll_interval=1.0,
+        shutdown_deadline=deadline,
+        backoff_base=1.0,
+        backoff_cap=10.0,
+        rng=random.Random(3),
+        **options,
+    )
 
     async def main() -> None:
         async with d:
@@ -230,10 +255,15 @@ def test_a_corrupt_event_goes_to_the_dead_letters_instead_of_looping() -> None:
 def test_dispatcher_settings_are_checked() -> None:
     box = Outbox()
     d = deliverer(Scripted(lambda e, t: "ok"))
-    for bad, field in [(dict(workers=0), "workers"), (dict(workers={"webhook": 2}), "workers"),
-                       (dict(poll_interval=0), "poll_interval"), (dict(max_attempts=0), "max_attempts"),
-                       (dict(shutdown_deadline=-1), "shutdown_deadline"), (dict(queue_size=0), "queue_size"),
-                       (dict(max_defer=float("nan")), "max_defer")]:
+    for bad, field in [
+        (dict(workers=0), "workers"),
+        (dict(workers={"webhook": 2}), "workers"),
+        (dict(poll_interval=0), "poll_interval"),
+        (dict(max_attempts=0), "max_attempts"),
+        (dict(shutdown_deadline=-1), "shutdown_deadline"),
+        (dict(queue_size=0), "queue_size"),
+        (dict(max_defer=float("nan")), "max_defer"),
+    ]:
         with pytest.raises(ValidationError) as caught:
             Dispatcher(box, d, **bad)
         assert caught.value.field == field
@@ -257,9 +287,9 @@ def test_the_durable_pipeline_is_deterministic_and_delivers_everything(tmp_path:
 
 
 def test_the_same_delivery_function_runs_over_the_simulated_world() -> None:
+    from payflow_lab.core.recorder import Recorder
+    from payflow_lab.core.world import World
     from payflow_lab.durable import HttpTransport, Routes
-    from payflow_lab.metrics import Recorder
-    from payflow_lab.world import World
 
     async def main() -> tuple[str, bool]:
         world = World(seed=1, scale=0.01, clock=anyio.current_time, recorder=Recorder(anyio.current_time))

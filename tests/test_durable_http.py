@@ -12,10 +12,9 @@ import anyio
 import httpx
 import pytest
 
-from payflow_lab.domain import Payment, ValidationError
+from payflow_lab.core.domain import Payment
+from payflow_lab.core.errors import DeliveryFailed, DeliveryRejected, ValidationError
 from payflow_lab.durable import (
-    DeliveryFailed,
-    DeliveryRejected,
     Endpoint,
     HttpLimits,
     HttpTransport,
@@ -54,8 +53,9 @@ def shop(served: dict[str, Receiver]) -> Iterator[Receiver]:
     receiver.set_mode("up", delay=0, ack_delay=0)
 
 
-def post(receiver: Receiver, evt: OutboxEvent, *, secret: str | None = None, body: str | None = None,
-         timeout: float = 5.0) -> httpx.Response:
+def post(
+    receiver: Receiver, evt: OutboxEvent, *, secret: str | None = None, body: str | None = None, timeout: float = 5.0
+) -> httpx.Response:
     content = evt.body if body is None else body
     headers = signed_headers(secret or receiver.secret, evt.event_id, time.time(), content)
     with httpx.Client(trust_env=False, timeout=timeout) as client:
@@ -169,10 +169,15 @@ def test_the_http_transport_tells_failures_from_rejections(served: dict[str, Rec
         anyio.run(send, closed, event(304))
 
 
-@pytest.mark.parametrize(("limits", "field"), [
-    ({"max_connections": 0}, "max_connections"), ({"max_keepalive": 100}, "max_keepalive"),
-    ({"read_timeout": 0}, "read_timeout"), ({"pool_timeout": float("inf")}, "pool_timeout"),
-])
+@pytest.mark.parametrize(
+    ("limits", "field"),
+    [
+        ({"max_connections": 0}, "max_connections"),
+        ({"max_keepalive": 100}, "max_keepalive"),
+        ({"read_timeout": 0}, "read_timeout"),
+        ({"pool_timeout": float("inf")}, "pool_timeout"),
+    ],
+)
 def test_http_limits_are_explicit_and_checked(limits: dict[str, Any], field: str) -> None:
     with pytest.raises(ValidationError) as caught:
         HttpLimits(**limits)
@@ -187,9 +192,12 @@ def test_routes_are_checked_and_round_trip_through_json(tmp_path: Path, served: 
     assert again.as_dict() == routes.as_dict()
     assert again(event(1, merchant="mch_00004")).url == served["shop"].url  # merchant number mod 2 -> 0
     assert again(event(1, merchant="mch_00003")).url == served["books"].url
-    for bad, message in [({"webhook": []}, "at least one"), ({"webhook": [{"url": "ftp://x", "secret": "whsec_AA=="}]},
-                                                             "http"), ({"webhook": [{"url": "http://x"}]}, "exactly"),
-                         ({"hooks": []}, "'webhook' list")]:
+    for bad, message in [
+        ({"webhook": []}, "at least one"),
+        ({"webhook": [{"url": "ftp://x", "secret": "whsec_AA=="}]}, "http"),
+        ({"webhook": [{"url": "http://x"}]}, "exactly"),
+        ({"hooks": []}, "'webhook' list"),
+    ]:
         with pytest.raises(ValidationError, match=message):
             Routes.from_dict(bad)
     path.write_text("{oops")

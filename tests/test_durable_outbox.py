@@ -11,10 +11,11 @@ import anyio
 import anyio.lowlevel
 import pytest
 
-from payflow_lab.domain import Payment, ValidationError
+from payflow_lab.core.domain import Payment
+from payflow_lab.core.errors import MalformedPayload, ValidationError
+from payflow_lab.core.vtime import run_virtual
 from payflow_lab.durable import (
     DURABLE_KINDS,
-    MalformedPayload,
     Outbox,
     OutboxEvent,
     SQLiteDeadLetters,
@@ -24,7 +25,6 @@ from payflow_lab.durable import (
 )
 from payflow_lab.hooks import Delivery, HookBus, Spill
 from payflow_lab.resilience import RETRIES_EXHAUSTED, DeadLetter, DeadLetterStore, replay
-from payflow_lab.vtime import run_virtual
 
 
 class Clock:
@@ -58,8 +58,10 @@ def test_the_authorization_and_its_events_are_recorded_together(outbox: Outbox) 
 
 
 def test_if_any_event_cannot_be_written_nothing_is(outbox: Outbox) -> None:
-    outbox._db.execute("CREATE TRIGGER full_disk BEFORE INSERT ON outbox WHEN NEW.kind = 'audit' "
-                       "BEGIN SELECT RAISE(ABORT, 'disk full'); END")
+    outbox._db.execute(
+        "CREATE TRIGGER full_disk BEFORE INSERT ON outbox WHEN NEW.kind = 'audit' "
+        "BEGIN SELECT RAISE(ABORT, 'disk full'); END"
+    )
     with pytest.raises(sqlite3.IntegrityError, match="disk full"):
         outbox.record_authorization(payment(1))
     assert outbox.counts()["payments"] == 0 and outbox.counts()["events"] == 0
@@ -74,10 +76,15 @@ def test_recording_is_idempotent_and_refuses_a_different_payment_with_the_same_i
     assert outbox.counts()["events"] == 3
 
 
-@pytest.mark.parametrize(("kinds", "message"), [
-    ((), "at least one"), (("webhook", "email"), "unknown side effect"), (("audit", "audit"), "twice"),
-    ("webhook", "the string"),
-])
+@pytest.mark.parametrize(
+    ("kinds", "message"),
+    [
+        ((), "at least one"),
+        (("webhook", "email"), "unknown side effect"),
+        (("audit", "audit"), "twice"),
+        ("webhook", "the string"),
+    ],
+)
 def test_bad_kinds_are_refused(kinds: Any, message: str) -> None:
     with pytest.raises(ValidationError, match=message):
         Outbox(kinds=kinds)
@@ -86,25 +93,43 @@ def test_bad_kinds_are_refused(kinds: Any, message: str) -> None:
 def test_event_bodies_are_stable_and_checked() -> None:
     body = encode_body(payment(7), "webhook")
     assert body == encode_body(payment(7), "webhook")  # the same bytes on every attempt
-    assert json.loads(body) == {"type": "payment.authorized", "id": "evt_000000000007_webhook", "kind": "webhook",
-                                "data": {"payment_id": "pay_000000000007", "merchant_id": "mch_00001",
-                                         "amount_cents": 1250, "currency": "EUR", "created_at": 57.0}}
+    assert json.loads(body) == {
+        "type": "payment.authorized",
+        "id": "evt_000000000007_webhook",
+        "kind": "webhook",
+        "data": {
+            "payment_id": "pay_000000000007",
+            "merchant_id": "mch_00001",
+            "amount_cents": 1250,
+            "currency": "EUR",
+            "created_at": 57.0,
+        },
+    }
     assert decode_body(body) == ("evt_000000000007_webhook", "webhook", payment(7))
     assert event_id("pay_000000000007", "audit") == "evt_000000000007_audit"
 
 
-@pytest.mark.parametrize(("body", "message"), [
-    ("{not json", "not JSON"),
-    ("[1, 2]", "JSON object"),
-    ('{"type": "payment.authorized", "id": "x", "kind": "webhook"}', "missing data"),
-    ('{"type": "refund", "id": "x", "kind": "webhook", "data": {}}', "type must be"),
-    ('{"type": "payment.authorized", "id": "evt_000000000007_webhook", "kind": "webhook", "data": {"payment_id": '
-     '"pay_000000000007", "merchant_id": "mch_00001", "amount_cents": 12.5, "currency": "EUR", "created_at": 1}}',
-     "amount_cents"),
-    ('{"type": "payment.authorized", "id": "evt_000000000008_webhook", "kind": "webhook", "data": {"payment_id": '
-     '"pay_000000000007", "merchant_id": "mch_00001", "amount_cents": 1, "currency": "EUR", "created_at": 1}}',
-     "does not match"),
-])
+@pytest.mark.parametrize(
+    ("body", "message"),
+    [
+        ("{not json", "not JSON"),
+        ("[1, 2]", "JSON object"),
+        ('{"type": "payment.authorized", "id": "x", "kind": "webhook"}', "missing data"),
+        ('{"type": "refund", "id": "x", "kind": "webhook", "data": {}}', "type must be"),
+        (
+            '{"type": "payment.authorized", "id": "evt_000000000007_webhook", "kind": "webhook", '
+            '"data": {"payment_id": "pay_000000000007", "merchant_id": "mch_00001", "amount_cents": 12.5, '
+            '"currency": "EUR", "created_at": 1}}',
+            "amount_cents",
+        ),
+        (
+            '{"type": "payment.authorized", "id": "evt_000000000008_webhook", "kind": "webhook", '
+            '"data": {"payment_id": "pay_000000000007", "merchant_id": "mch_00001", "amount_cents": 1, '
+            '"currency": "EUR", "created_at": 1}}',
+            "does not match",
+        ),
+    ],
+)
 def test_malformed_payloads_are_named(body: str, message: str) -> None:
     with pytest.raises(MalformedPayload, match=message) as caught:
         decode_body(body)
@@ -182,8 +207,14 @@ def test_dead_letters_live_in_the_same_file_and_filter_like_the_in_memory_store(
     assert isinstance(store, DeadLetterStore) and isinstance(store, SQLiteDeadLetters)
     for n, merchant in enumerate(["mch_00001", "mch_00002", "mch_00001"], start=1):
         [event] = outbox.record_authorization(payment(n, merchant=merchant), kinds=("webhook",))
-        store.add(event.key, event, RETRIES_EXHAUSTED if n != 2 else "breaker_open_too_long", attempts=n + 2,
-                  kind="webhook", error="HTTP 503")
+        store.add(
+            event.key,
+            event,
+            RETRIES_EXHAUSTED if n != 2 else "breaker_open_too_long",
+            attempts=n + 2,
+            kind="webhook",
+            error="HTTP 503",
+        )
         clock.now += 100
     note = store.add("analytics", {"free": "form"}, "manual", attempts=0, kind="analytics")
     ids = lambda letters: [letter.id for letter in letters]  # noqa: E731
@@ -206,8 +237,7 @@ def test_dead_letters_live_in_the_same_file_and_filter_like_the_in_memory_store(
     # Re-queue: the same events are pending again, due now; the letters are gone.
     assert store.requeue(["dl_000001", "dl_000003"]) == ["dl_000001", "dl_000003"]
     assert [e.status for e in outbox.events()] == ["pending", "dead", "pending"]
-    assert [e.event_id for e in outbox.due("webhook", 10)] == ["evt_000000000001_webhook",
-                                                               "evt_000000000003_webhook"]
+    assert [e.event_id for e in outbox.due("webhook", 10)] == ["evt_000000000001_webhook", "evt_000000000003_webhook"]
     with pytest.raises(ValidationError, match="no outbox event"):
         store.requeue(["dl_000004"])
     assert len(store) == 2
@@ -228,7 +258,9 @@ def test_replay_from_the_resilience_parts_works_on_the_sqlite_store(outbox: Outb
     assert report.replayed == ["dl_000002", "dl_000004"] and report.failed == ["dl_000001", "dl_000003"]
     left = store.list()
     assert [(letter.id, letter.attempts, letter.replays, letter.last_replay_at) for letter in left] == [
-        ("dl_000001", 4, 1, 2000.0), ("dl_000003", 4, 1, 2000.0)]
+        ("dl_000001", 4, 1, 2000.0),
+        ("dl_000003", 4, 1, 2000.0),
+    ]
     assert left[0].error == "ConnectionError: still down"
     assert [e.status for e in outbox.events()] == ["dead", "delivered", "dead", "delivered"]
 

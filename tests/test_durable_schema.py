@@ -8,19 +8,15 @@ from pathlib import Path
 
 import pytest
 
-from payflow_lab.domain import Payment
-from payflow_lab.durable import (
-    SCHEMA_VERSION,
+from payflow_lab.core.domain import Payment
+from payflow_lab.core.errors import (
     CorruptDatabase,
     DatabaseLocked,
     NotAnOutbox,
-    Outbox,
     OutboxDatabaseError,
     SchemaVersionError,
-    connect,
-    encode_body,
-    event_id,
 )
+from payflow_lab.durable import SCHEMA_VERSION, Outbox, connect, encode_body, event_id
 from payflow_lab.durable.schema import APPLICATION_ID, MIGRATIONS, create_version, schema_version, transaction
 
 
@@ -49,23 +45,45 @@ def test_a_version_1_file_is_migrated_with_its_rows_and_its_failures_become_dead
     rows = []
     for n, status in [(1, "delivered"), (2, "pending"), (3, "failed")]:
         p = payment(n, merchant=f"mch_0000{n}")
-        old.execute("INSERT INTO payments VALUES (?, ?, ?, ?, ?, ?)",
-                    (p.id, p.merchant_id, p.amount_cents, p.currency, p.created_at, p.created_at))
-        rows.append((event_id(p.id, "webhook"), "webhook", p.id, p.merchant_id, encode_body(p, "webhook"),
-                     p.created_at, status, 3 if status == "failed" else 1))
-    old.executemany("INSERT INTO outbox (event_id, kind, payment_id, merchant_id, payload, created_at, status, "
-                    "attempts) VALUES (?, ?, ?, ?, ?, ?, ?, ?)", rows)
+        old.execute(
+            "INSERT INTO payments VALUES (?, ?, ?, ?, ?, ?)",
+            (p.id, p.merchant_id, p.amount_cents, p.currency, p.created_at, p.created_at),
+        )
+        rows.append(
+            (
+                event_id(p.id, "webhook"),
+                "webhook",
+                p.id,
+                p.merchant_id,
+                encode_body(p, "webhook"),
+                p.created_at,
+                status,
+                3 if status == "failed" else 1,
+            )
+        )
+    old.executemany(
+        "INSERT INTO outbox (event_id, kind, payment_id, merchant_id, payload, created_at, status, "
+        "attempts) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+        rows,
+    )
     assert schema_version(old) == 1
     old.close()
 
     with Outbox(path, clock=lambda: 1000.0) as outbox:
         assert schema_version(outbox._db) == SCHEMA_VERSION
         statuses = {e.payment_id: (e.status, e.available_at, e.attempts) for e in outbox.events()}
-        assert statuses == {"pay_000000000001": ("delivered", 101.0, 1), "pay_000000000002": ("pending", 102.0, 1),
-                            "pay_000000000003": ("dead", 103.0, 3)}
+        assert statuses == {
+            "pay_000000000001": ("delivered", 101.0, 1),
+            "pay_000000000002": ("pending", 102.0, 1),
+            "pay_000000000003": ("dead", 103.0, 3),
+        }
         [letter] = outbox.dead_letters.list()
-        assert (letter.key, letter.kind, letter.reason, letter.attempts) == ("mch_00003", "webhook",
-                                                                             "retries_exhausted", 3)
+        assert (letter.key, letter.kind, letter.reason, letter.attempts) == (
+            "mch_00003",
+            "webhook",
+            "retries_exhausted",
+            3,
+        )
         assert letter.payload.event_id == "evt_000000000003_webhook"
         # The migrated file works like a new one: the pending event is due.
         assert [e.event_id for e in outbox.due("webhook", 10)] == ["evt_000000000002_webhook"]
@@ -137,8 +155,9 @@ def test_a_locked_database_is_a_clear_error_and_nothing_is_half_written(tmp_path
         assert outbox.counts()["events"] == 3
 
 
-def test_a_migration_that_fails_leaves_the_file_at_its_old_version(tmp_path: Path,
-                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_migration_that_fails_leaves_the_file_at_its_old_version(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     path = tmp_path / "old.sqlite"
     old = sqlite3.connect(path, isolation_level=None)
     create_version(old, 1, str(path))

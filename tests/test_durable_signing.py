@@ -15,24 +15,16 @@ import pytest
 from standardwebhooks import Webhook
 from standardwebhooks.webhooks import WebhookVerificationError
 
-from payflow_lab.domain import Payment
-from payflow_lab.durable import (
-    InvalidSignature,
-    MissingHeader,
-    SignatureError,
-    TimestampOutOfTolerance,
-    WebhookSigner,
-    encode_body,
-    generate_secret,
-    sign,
-    signed_headers,
-    verify,
-)
+from payflow_lab.core.domain import Payment
+from payflow_lab.core.errors import InvalidSignature, MissingHeader, SignatureError, TimestampOutOfTolerance
+from payflow_lab.durable import WebhookSigner, encode_body, generate_secret, sign, signed_headers, verify
 
 SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
 OTHER = "whsec_" + base64.b64encode(b"another merchant's key!!").decode()
-BODY = encode_body(Payment(id="pay_0000000000ab", merchant_id="mch_00042", amount_cents=4999, currency="USD",
-                           created_at=51_300.0), "webhook")
+BODY = encode_body(
+    Payment(id="pay_0000000000ab", merchant_id="mch_00042", amount_cents=4999, currency="USD", created_at=51_300.0),
+    "webhook",
+)
 MSG_ID = "evt_0000000000ab_webhook"
 
 
@@ -48,8 +40,10 @@ def test_the_known_answer_of_the_specification_example() -> None:
     # The example of the Standard Webhooks specification (secret, id, timestamp, body -> signature).
     secret = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
     body = '{"test": 2432232314}'
-    assert sign(secret, "msg_p5jXN8AQM9LWM0D4loKWxJek", 1614265330, body) == \
-        "v1,g0hM9SsE+OTPJTGt/tmIKtSyZlE3uFJELVlNIOLJ1OE="
+    assert (
+        sign(secret, "msg_p5jXN8AQM9LWM0D4loKWxJek", 1614265330, body)
+        == "v1,g0hM9SsE+OTPJTGt/tmIKtSyZlE3uFJELVlNIOLJ1OE="
+    )
 
 
 def test_our_signatures_verify_with_the_standardwebhooks_package() -> None:
@@ -114,10 +108,23 @@ def _tampered(case: str, now: float) -> tuple[str | bytes, dict[str, str], str, 
     return body, headers, secret, error
 
 
-CASES = ["wrong secret", "tampered body", "one byte appended", "tampered id (a replay dodging deduplication)",
-         "tampered timestamp", "signature of another message", "garbage signature", "unknown version only",
-         "missing webhook-id", "missing webhook-timestamp", "missing webhook-signature", "empty signature header",
-         "timestamp too old", "timestamp from the future", "timestamp not a number"]
+CASES = [
+    "wrong secret",
+    "tampered body",
+    "one byte appended",
+    "tampered id (a replay dodging deduplication)",
+    "tampered timestamp",
+    "signature of another message",
+    "garbage signature",
+    "unknown version only",
+    "missing webhook-id",
+    "missing webhook-timestamp",
+    "missing webhook-signature",
+    "empty signature header",
+    "timestamp too old",
+    "timestamp from the future",
+    "timestamp not a number",
+]
 
 
 @pytest.mark.parametrize("case", CASES)

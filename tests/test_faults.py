@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from payflow_lab.domain import Tier, ValidationError
-from payflow_lab.faults import LIMITS, EndpointMode, FaultPlan
+from payflow_lab.core.domain import Tier
+from payflow_lab.core.errors import ValidationError
+from payflow_lab.core.faults import LIMITS, EndpointMode, FaultPlan
 
 
 def test_defaults_are_healthy():

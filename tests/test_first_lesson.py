@@ -92,7 +92,7 @@ def test_make_lab_serves_the_first_lesson(run_lab: Any, tmp_path: Path) -> None:
 def readme_conda_route() -> tuple[list[str], str]:
     """The README's conda-route block, and its `jupyter lab` line (without its trailing comment)."""
     readme = (ROOT / "README.md").read_text(encoding="utf-8")
-    section = readme[readme.index("### The conda route"):]
+    section = readme[readme.index("### The conda route") :]
     block = re.search(r"```sh\n(.*?)```", section, re.DOTALL).group(1).splitlines()
     line = next(line for line in block if line.startswith("jupyter lab "))
     return block, line

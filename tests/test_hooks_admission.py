@@ -7,8 +7,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from payflow_lab.hooks import BusClosed, Delivery, HookBus, MemorySpillStore, Rejected, Spill, Wait
-from payflow_lab.vtime import run_virtual
+from payflow_lab.core.errors import BusClosed, Rejected
+from payflow_lab.core.vtime import run_virtual
+from payflow_lab.hooks import Delivery, HookBus, MemorySpillStore, Spill, Wait
 
 
 @pytest.fixture(params=["asyncio", "trio"])
@@ -35,17 +36,19 @@ def test_a_full_subscriber_refuses_the_whole_emission(backend: str) -> None:
         bus.hook("e", blocked, name="full", queue_size=1, workers=1)
         bus.hook("e", fine, name="last", workers=1)
         async with bus:
-            assert bus.emit("e", 1) == 3   # "full"'s worker takes it and blocks
+            assert bus.emit("e", 1) == 3  # "full"'s worker takes it and blocks
             await anyio.sleep(0.1)
-            assert bus.emit("e", 2) == 3   # "full"'s queue now holds one: it is full
+            assert bus.emit("e", 2) == 3  # "full"'s queue now holds one: it is full
             before = admitted(bus)
             with pytest.raises(Rejected) as info:
                 bus.emit("e", 3)
             assert admitted(bus) == before  # nothing queued anywhere
             assert info.value.blocked_by == ("full",)
-            assert info.value.reasons == {"first": "rejected with the emission (full: queue full)",
-                                          "full": "queue full",
-                                          "last": "rejected with the emission (full: queue full)"}
+            assert info.value.reasons == {
+                "first": "rejected with the emission (full: queue full)",
+                "full": "queue full",
+                "last": "rejected with the emission (full: queue full)",
+            }
             assert "nothing was queued" in str(info.value)
             stats = bus.stats()
             assert {name: s.rejected for name, s in stats.items()} == {"first": 1, "full": 1, "last": 1}
@@ -64,11 +67,11 @@ def test_wait_policy_applies_backpressure_until_there_is_room(backend: str) -> N
         bus.hook("e", slow, name="slow", queue_size=1, workers=1, overflow=Wait(max_wait=5))
         async with bus:
             start = anyio.current_time()
-            bus.emit("e", 1)              # running until t=1
+            bus.emit("e", 1)  # running until t=1
             await anyio.sleep(0.01)
-            bus.emit("e", 2)              # queued: the queue is full
+            bus.emit("e", 2)  # queued: the queue is full
             with pytest.raises(Rejected, match="only emit_wait"):
-                bus.emit("e", 3)          # a plain call cannot wait
+                bus.emit("e", 3)  # a plain call cannot wait
             assert await bus.emit_wait("e", 3) == 1
             assert anyio.current_time() - start == pytest.approx(1.0)  # room came when item 2 started
             assert bus.stats()["slow"].admitted == 3
@@ -167,7 +170,7 @@ def test_spill_policy_hands_the_overflow_to_the_store_and_the_emission_succeeds(
             bus.emit("e", 1)
             await anyio.sleep(0.01)
             bus.emit("e", 2)
-            assert bus.emit("e", 3) == 2       # webhook spills its copy, audit queues its own
+            assert bus.emit("e", 3) == 2  # webhook spills its copy, audit queues its own
             assert store.deliveries == [Delivery("e", "webhook", 3)]
             stats = bus.stats()
             assert (stats["webhook"].admitted, stats["webhook"].spilled) == (2, 1)
@@ -195,7 +198,7 @@ def test_a_failing_spill_store_refuses_the_emission_atomically(backend: str) -> 
             bus.emit("e", 1)
             await anyio.sleep(0.01)
             bus.emit("e", 2)
-            bus.emit("e", 3)                   # spilled: the store is now full
+            bus.emit("e", 3)  # spilled: the store is now full
             before = admitted(bus)
             with pytest.raises(Rejected) as info:
                 bus.emit("e", 4)
@@ -228,11 +231,17 @@ def test_spill_subscribers_hand_their_unstarted_work_to_the_store_at_shutdown(ba
 
 
 # ----------------------------------------------------------------- property: all-or-nothing
-subscriber_specs = st.lists(st.tuples(st.integers(1, 4), st.integers(1, 3), st.sampled_from([0.5, 1.0, 3.0])),
-                            min_size=1, max_size=4)
-operations = st.lists(st.one_of(st.tuples(st.just("emit"), st.integers(1, 6)),
-                                st.tuples(st.just("sleep"), st.sampled_from([0.1, 0.5, 1.0, 2.0]))),
-                      min_size=1, max_size=25)
+subscriber_specs = st.lists(
+    st.tuples(st.integers(1, 4), st.integers(1, 3), st.sampled_from([0.5, 1.0, 3.0])), min_size=1, max_size=4
+)
+operations = st.lists(
+    st.one_of(
+        st.tuples(st.just("emit"), st.integers(1, 6)),
+        st.tuples(st.just("sleep"), st.sampled_from([0.1, 0.5, 1.0, 2.0])),
+    ),
+    min_size=1,
+    max_size=25,
+)
 
 
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -243,8 +252,10 @@ def test_every_emission_reaches_all_subscribers_or_none(specs: list, ops: list, 
     async def main() -> None:
         bus = HookBus(timeout=2.0)
         for k, (queue_size, workers, duration) in enumerate(specs):
+
             async def handler(p: object, duration: float = duration) -> None:
                 await anyio.sleep(duration)
+
             bus.hook("e", handler, name=f"s{k}", queue_size=queue_size, workers=workers)
         emitted = rejected = 0
         async with bus:

@@ -6,17 +6,9 @@ import anyio
 import anyio.lowlevel
 import pytest
 
-from payflow_lab.hooks import (
-    BusClosed,
-    BusNotStarted,
-    Handle,
-    HookBus,
-    MemorySpillStore,
-    Reject,
-    Spill,
-    Wait,
-)
-from payflow_lab.vtime import run_virtual
+from payflow_lab.core.errors import BusClosed, BusNotStarted
+from payflow_lab.core.vtime import run_virtual
+from payflow_lab.hooks import Handle, HookBus, MemorySpillStore, Reject, Spill, Wait
 
 
 @pytest.fixture(params=["asyncio", "trio"])
@@ -146,18 +138,21 @@ def test_async_callables_and_partials_are_accepted() -> None:
     assert len(bus.hooks("e")) == 2
 
 
-@pytest.mark.parametrize(("kwargs", "match"), [
-    ({"queue_size": 0}, "queue_size must be an integer between 1"),
-    ({"queue_size": 2.5}, "queue_size must be an integer"),
-    ({"queue_size": True}, "queue_size must be an integer"),
-    ({"workers": 0}, "workers must be an integer between 1"),
-    ({"workers": 10_001}, "workers must be an integer between 1 and 10,000"),
-    ({"timeout": 0}, "timeout must be a positive"),
-    ({"timeout": -1}, "timeout must be a positive"),
-    ({"timeout": float("inf")}, "timeout must be a positive, finite"),
-    ({"timeout": "5"}, "timeout must be a positive"),
-    ({"name": ""}, "name must be a non-empty string"),
-])
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"queue_size": 0}, "queue_size: must be between 1 and 10,000,000, got 0"),
+        ({"queue_size": 2.5}, "queue_size: must be an integer, got float"),
+        ({"queue_size": True}, "queue_size: must be an integer, got bool"),
+        ({"workers": 0}, "workers: must be between 1 and 10,000, got 0"),
+        ({"workers": 10_001}, "workers: must be between 1 and 10,000, got 10,001"),
+        ({"timeout": 0}, "timeout: must be greater than 0 seconds, got 0"),
+        ({"timeout": -1}, "timeout: must be greater than 0 seconds"),
+        ({"timeout": float("inf")}, "timeout: must be finite"),
+        ({"timeout": "5"}, "timeout: must be a number or None, got str"),
+        ({"name": ""}, "name must be a non-empty string"),
+    ],
+)
 def test_bad_hook_arguments_name_the_parameter_and_register_nothing(kwargs: dict, match: str) -> None:
     bus = HookBus()
     with pytest.raises(ValueError, match=match):
@@ -172,22 +167,25 @@ def test_bad_event_and_overflow_are_refused() -> None:
         bus.hook("", nothing)
     with pytest.raises(TypeError, match="overflow must be"):
         bus.hook("e", nothing, overflow="reject")
-    with pytest.raises(ValueError, match="max_wait must be a positive"):
+    with pytest.raises(ValueError, match="max_wait: must be greater than 0 seconds"):
         Wait(0)
     with pytest.raises(TypeError, match="store must implement SpillStore"):
         Spill(object())  # type: ignore[arg-type]
-    with pytest.raises(ValueError, match="capacity must be a positive integer"):
+    with pytest.raises(ValueError, match="capacity: must be at least 1, got 0"):
         MemorySpillStore(0)
 
 
-@pytest.mark.parametrize(("kwargs", "match"), [
-    ({"timeout": -2}, "timeout"),
-    ({"queue_size": 0}, "queue_size"),
-    ({"workers": "4"}, "workers"),
-    ({"shutdown_deadline": -1}, "shutdown_deadline"),
-    ({"cancel_grace": float("nan")}, "cancel_grace"),
-    ({"failure_history": -1}, "failure_history"),
-])
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"timeout": -2}, "timeout"),
+        ({"queue_size": 0}, "queue_size"),
+        ({"workers": "4"}, "workers"),
+        ({"shutdown_deadline": -1}, "shutdown_deadline"),
+        ({"cancel_grace": float("nan")}, "cancel_grace"),
+        ({"failure_history": -1}, "failure_history"),
+    ],
+)
 def test_bad_bus_arguments_name_the_parameter(kwargs: dict, match: str) -> None:
     with pytest.raises(ValueError, match=match):
         HookBus(**kwargs)

@@ -9,8 +9,9 @@ from __future__ import annotations
 import anyio
 import pytest
 
-from payflow_lab.hooks import BusClosed, HookBus, Rejected
-from payflow_lab.vtime import run_virtual
+from payflow_lab.core.errors import BusClosed, Rejected
+from payflow_lab.core.vtime import run_virtual
+from payflow_lab.hooks import HookBus
 
 
 @pytest.fixture(params=["asyncio", "trio"])
@@ -29,6 +30,7 @@ async def test_real_time_emit_runs_every_subscriber() -> None:
             got[name].append(payload)
             if len(got["a"]) == len(got["b"]) == 20:
                 all_done.set()
+
         return handler
 
     bus = HookBus(timeout=5.0)
@@ -41,7 +43,7 @@ async def test_real_time_emit_runs_every_subscriber() -> None:
             await all_done.wait()
         report = await bus.aclose(5)
     assert sorted(got["a"]) == sorted(got["b"]) == list(range(20))
-    assert got["b"] == list(range(20))           # one worker: FIFO order
+    assert got["b"] == list(range(20))  # one worker: FIFO order
     assert report.drained
     assert all(s.completed == 20 and s.balanced for s in bus.stats().values())
 

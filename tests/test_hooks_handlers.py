@@ -6,8 +6,8 @@ import anyio
 import anyio.lowlevel
 import pytest
 
+from payflow_lab.core.vtime import run_virtual
 from payflow_lab.hooks import HookBus, HookFailure, Outcome
-from payflow_lab.vtime import run_virtual
 
 
 @pytest.fixture(params=["asyncio", "trio"])
@@ -94,7 +94,7 @@ def test_an_error_is_kept_with_its_traceback_passed_on_and_never_reaches_the_emi
             for i in range(3):
                 assert bus.emit("e", i) == 2  # the emitter never sees the error
             await anyio.sleep(0.1)
-            assert sorted(delivered) == [0, 1, 2]       # the other subscriber is unaffected
+            assert sorted(delivered) == [0, 1, 2]  # the other subscriber is unaffected
             stats = bus.stats()["broken_endpoint"]
             assert (stats.failed, stats.completed) == (3, 0)
             assert stats.failures_by_type == {"ValueError": 3}
@@ -192,9 +192,9 @@ def test_a_handler_that_never_awaits_does_not_starve_the_loop(backend: str) -> N
         async with bus:
             for i in range(100):
                 bus.emit("e", i)
-            await anyio.lowlevel.checkpoint()          # one turn for us...
+            await anyio.lowlevel.checkpoint()  # one turn for us...
             await anyio.lowlevel.checkpoint()
-            assert 0 < count < 100        # ...while the worker is still going: it yields per delivery
+            assert 0 < count < 100  # ...while the worker is still going: it yields per delivery
             await anyio.sleep(0.1)
             assert count == 100
 

@@ -11,8 +11,9 @@ from __future__ import annotations
 import anyio
 import pytest
 
-from payflow_lab.hooks import BusClosed, HookBus, HookFailure, Rejected
-from payflow_lab.vtime import run_virtual
+from payflow_lab.core.errors import BusClosed, Rejected
+from payflow_lab.core.vtime import run_virtual
+from payflow_lab.hooks import HookBus, HookFailure
 
 
 @pytest.fixture(params=["asyncio", "trio"])
@@ -33,8 +34,8 @@ def test_no_partial_fan_out_when_one_queue_is_full(backend: str) -> None:
             await gate.wait()
 
         bus = HookBus(timeout=None)
-        bus.hook("payment.authorized", audit, queue_size=10, workers=1)     # has room: hookz would queue it
-        bus.hook("payment.authorized", webhook, queue_size=2, workers=1)    # full after three emissions
+        bus.hook("payment.authorized", audit, queue_size=10, workers=1)  # has room: hookz would queue it
+        bus.hook("payment.authorized", webhook, queue_size=2, workers=1)  # full after three emissions
         async with bus:
             for i in range(3):
                 bus.emit("payment.authorized", i)
@@ -43,7 +44,7 @@ def test_no_partial_fan_out_when_one_queue_is_full(backend: str) -> None:
                 bus.emit("payment.authorized", 3)
             stats = bus.stats()
             assert stats["audit"].admitted == stats["webhook"].admitted == 3
-            assert stats["audit"].queued == 2       # payment 3 was not queued for audit either
+            assert stats["audit"].queued == 2  # payment 3 was not queued for audit either
             gate.set()
 
     run_virtual(main, backend=backend)
@@ -54,7 +55,7 @@ def test_timeouts_do_not_depend_on_the_handler_cooperating(backend: str) -> None
 
     async def main() -> None:
         async def oblivious(p: object) -> None:
-            await anyio.sleep(3600)     # never checks a deadline, a context, anything
+            await anyio.sleep(3600)  # never checks a deadline, a context, anything
 
         bus = HookBus(timeout=5.0)
         bus.hook("e", oblivious)
@@ -152,7 +153,7 @@ def test_a_slow_subscriber_does_not_starve_another(backend: str) -> None:
         audit_done: list[float] = []
 
         async def webhook(p: object) -> None:
-            await anyio.sleep(4.9)   # just under the timeout: slow, not failing
+            await anyio.sleep(4.9)  # just under the timeout: slow, not failing
 
         async def audit(p: object) -> None:
             await anyio.sleep(0.01)
@@ -167,7 +168,7 @@ def test_a_slow_subscriber_does_not_starve_another(backend: str) -> None:
                 bus.emit("e", i)
             await anyio.sleep(1)
             assert len(audit_done) == 40 and max(audit_done) - start <= 0.25  # 40 x 10 ms on 2 workers
-            assert bus.stats()["webhook"].queued == 38                          # still far behind
+            assert bus.stats()["webhook"].queued == 38  # still far behind
             await bus.aclose(0)
 
     run_virtual(main, backend=backend)

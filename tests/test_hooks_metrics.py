@@ -10,8 +10,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from payflow_lab.hooks import HookBus, LatencyHistogram, Rejected
-from payflow_lab.vtime import run_virtual
+from payflow_lab.core.errors import Rejected
+from payflow_lab.core.vtime import run_virtual
+from payflow_lab.hooks import HookBus, LatencyHistogram
 
 
 @pytest.fixture(params=["asyncio", "trio"])
@@ -21,7 +22,7 @@ def backend(request: pytest.FixtureRequest) -> str:
 
 # ------------------------------------------------------------------- the histogram
 def test_percentiles_are_within_four_percent_of_the_exact_value() -> None:
-    values = [0.001 * 1.013 ** k for k in range(700)]  # 1 ms to about 9 s, log-spread
+    values = [0.001 * 1.013**k for k in range(700)]  # 1 ms to about 9 s, log-spread
     h = LatencyHistogram()
     for v in values:
         h.observe(v)
@@ -39,7 +40,7 @@ def test_histogram_extremes_and_cumulative_buckets() -> None:
     for v in (0.0, 0.00001, 0.004, 0.005, 0.2, 7.0, 100_000.0):
         h.observe(v)
     buckets = h.cumulative()
-    assert buckets["le_0.005"] == 4            # Prometheus "le": 0.005 itself is in the 0.005 bucket
+    assert buckets["le_0.005"] == 4  # Prometheus "le": 0.005 itself is in the 0.005 bucket
     assert buckets["le_0.25"] == 5 and buckets["le_10"] == 6 and buckets["le_60"] == 6
     assert buckets["le_+Inf"] == 7
     assert list(buckets.values()) == sorted(buckets.values())
@@ -76,9 +77,9 @@ def test_stats_report_queue_depth_running_and_latency_per_subscriber(backend: st
         assert stats["quick"].latency["p99_ms"] == pytest.approx(50, rel=0.04)
         assert stats["slow"].latency_buckets["le_2.5"] == 6 and stats["slow"].latency_buckets["le_1"] == 0
         summary = bus.summary()
-        assert json.loads(json.dumps(summary)) == summary   # plain JSON, ready for a run summary
+        assert json.loads(json.dumps(summary)) == summary  # plain JSON, ready for a run summary
         assert summary["subscribers"]["slow"]["completed"] == 6
-        assert "latency_buckets" not in summary["subscribers"]["slow"]   # in stats(), for exporters
+        assert "latency_buckets" not in summary["subscribers"]["slow"]  # in stats(), for exporters
 
     run_virtual(main, backend=backend)
 
@@ -86,19 +87,35 @@ def test_stats_report_queue_depth_running_and_latency_per_subscriber(backend: st
 # ------------------------------------------------------------------- property: accounting
 behaviours = st.sampled_from(["ok", "slow", "fail", "hang"])
 subscriber_specs = st.lists(
-    st.tuples(st.integers(1, 5), st.integers(1, 3), st.sampled_from([None, 0.5, 2.0]),
-              st.lists(behaviours, min_size=1, max_size=4)),
-    min_size=1, max_size=4)
-steps = st.lists(st.one_of(st.tuples(st.just("emit"), st.integers(1, 5)),
-                           st.tuples(st.just("sleep"), st.sampled_from([0.05, 0.3, 1.0, 3.0]))),
-                 min_size=1, max_size=20)
+    st.tuples(
+        st.integers(1, 5),
+        st.integers(1, 3),
+        st.sampled_from([None, 0.5, 2.0]),
+        st.lists(behaviours, min_size=1, max_size=4),
+    ),
+    min_size=1,
+    max_size=4,
+)
+steps = st.lists(
+    st.one_of(
+        st.tuples(st.just("emit"), st.integers(1, 5)),
+        st.tuples(st.just("sleep"), st.sampled_from([0.05, 0.3, 1.0, 3.0])),
+    ),
+    min_size=1,
+    max_size=20,
+)
 
 
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(specs=subscriber_specs, plan=steps, close_after=st.sampled_from([0.0, 0.4, 1.5, 10.0]),
-       backend=st.sampled_from(["asyncio", "trio"]))
-def test_admitted_always_equals_settled_plus_queued_plus_running(specs: list, plan: list, close_after: float,
-                                                                 backend: str) -> None:
+@given(
+    specs=subscriber_specs,
+    plan=steps,
+    close_after=st.sampled_from([0.0, 0.4, 1.5, 10.0]),
+    backend=st.sampled_from(["asyncio", "trio"]),
+)
+def test_admitted_always_equals_settled_plus_queued_plus_running(
+    specs: list, plan: list, close_after: float, backend: str
+) -> None:
     """admitted = completed + failed + timed_out + cancelled + queued + running, at every step and after close."""
 
     async def main() -> None:
@@ -109,6 +126,7 @@ def test_admitted_always_equals_settled_plus_queued_plus_running(specs: list, pl
 
         bus = HookBus(on_outcome=count)
         for k, (queue_size, workers, timeout, script) in enumerate(specs):
+
             async def handler(p: int, script: list = script) -> None:
                 kind = script[p % len(script)]
                 if kind == "slow":
@@ -118,6 +136,7 @@ def test_admitted_always_equals_settled_plus_queued_plus_running(specs: list, pl
                     raise RuntimeError("boom")
                 elif kind == "hang":
                     await anyio.sleep_forever()
+
             bus.hook("e", handler, name=f"s{k}", queue_size=queue_size, workers=workers, timeout=timeout)
 
         def check() -> None:

@@ -7,8 +7,9 @@ import random
 import anyio
 import pytest
 
-from payflow_lab.hooks import BusClosed, HookBus, Outcome
-from payflow_lab.vtime import run_virtual
+from payflow_lab.core.errors import BusClosed
+from payflow_lab.core.vtime import run_virtual
+from payflow_lab.hooks import HookBus, Outcome
 
 
 @pytest.fixture(params=["asyncio", "trio"])
@@ -19,6 +20,7 @@ def backend(request: pytest.FixtureRequest) -> str:
 def sleeper(seconds: float):
     async def handler(payload: object) -> None:
         await anyio.sleep(seconds)
+
     return handler
 
 
@@ -54,8 +56,13 @@ def test_at_the_deadline_running_work_is_cancelled_and_queued_work_never_starts(
         assert not report.drained
         shutdown = report.subscribers["slow"]
         assert (shutdown.completed, shutdown.cancelled, shutdown.never_started, shutdown.abandoned) == (0, 2, 3, 0)
-        assert sorted(outcomes) == [("cancelled", 0), ("cancelled", 1), ("never_started", 2),
-                                    ("never_started", 3), ("never_started", 4)]
+        assert sorted(outcomes) == [
+            ("cancelled", 0),
+            ("cancelled", 1),
+            ("never_started", 2),
+            ("never_started", 3),
+            ("never_started", 4),
+        ]
         stats = bus.stats()["slow"]
         assert stats.balanced and stats.cancelled == 5 and stats.never_started == 3
 
@@ -67,7 +74,7 @@ def test_a_handler_that_ignores_cancellation_cannot_hold_shutdown_hostage(backen
 
     async def main() -> None:
         async def stubborn(payload: object) -> None:
-            with anyio.CancelScope(shield=True):   # ignores its timeout and the shutdown alike
+            with anyio.CancelScope(shield=True):  # ignores its timeout and the shutdown alike
                 await anyio.sleep(3600)
 
         bus = HookBus(timeout=1.0, cancel_grace=0.5)

@@ -20,8 +20,8 @@ from typing import Any
 import pytest
 
 import payflow_lab as pf
-from payflow_lab.domain import ValidationError
-from payflow_lab.faults import LIMITS
+from payflow_lab.core.errors import ValidationError
+from payflow_lab.core.faults import LIMITS
 from payflow_lab.lab import ControlPanel, Dashboard, LiveSession, close_all, live_threads, run_figure
 from payflow_lab.lab.dashboard import MAX_UPDATES_PER_S, RECENT_ROWS
 from payflow_lab.lab.env import Check, _package, check_environment, environment_html, environment_ok
@@ -103,8 +103,8 @@ class TestControlPanel:
             assert (slider.min, slider.max) == LIMITS[key]
         latency = panel.sliders["webhook_latency_multiplier"]
         low, high = LIMITS["webhook_latency_multiplier"]
-        assert math.isclose(latency.base ** latency.min, low) and math.isclose(latency.base ** latency.max, high)
-        assert math.isclose(10 ** panel.pace.min, PACE_LIMITS[0]) and math.isclose(10 ** panel.pace.max, PACE_LIMITS[1])
+        assert math.isclose(latency.base**latency.min, low) and math.isclose(latency.base**latency.max, high)
+        assert math.isclose(10**panel.pace.min, PACE_LIMITS[0]) and math.isclose(10**panel.pace.max, PACE_LIMITS[1])
 
     def test_an_extreme_value_is_clamped_and_reported_as_the_clamped_value(self):
         panel = ControlPanel()
@@ -362,14 +362,18 @@ class TestDashboard:
     def test_events_are_marked_as_they_happen_and_only_within_the_window(self):
         dash = Dashboard(window_minutes=1)
         series = fake_series(30)
-        events = [(50_405.0, 1, "scripted", "traffic x10: the sale starts"),
-                  (50_420.0, 2, "observed", "the pool is exhausted")]
+        events = [
+            (50_405.0, 1, "scripted", "traffic x10: the sale starts"),
+            (50_420.0, 2, "observed", "the pool is exhausted"),
+        ]
         dash.update(series, events=events, force=True)
         assert [s.line.dash for s in dash.figure.layout.shapes] == ["dash", "dot"]
         labels = [a.text for a in dash.figure.layout.annotations if a.hovertext]
         assert labels == ["traffic x10", "the pool is exhausted"]
-        assert {t.meta for t in dash.figure.data if str(t.meta).startswith("event:")} == {"event:scripted",
-                                                                                         "event:observed"}
+        assert {t.meta for t in dash.figure.data if str(t.meta).startswith("event:")} == {
+            "event:scripted",
+            "event:observed",
+        }
         grow(series, fake_series(40, start=50_430.0))  # the first event scrolls out of the one-minute window
         dash.update(series, events=events, force=True)
         assert len(dash.figure.layout.shapes) == 1
@@ -423,8 +427,9 @@ class TestDashboard:
         assert memory[:3] == [1.0, 2.0, 3.0]
 
     def test_extra_panels_show_existing_columns_and_patterns_as_they_appear(self):
-        dash = Dashboard(panels={"DB pool": ["db_in_use", "db_waiting"], "queues": ["queue_*"],
-                                 "breaker": ["breaker_state"]})
+        dash = Dashboard(
+            panels={"DB pool": ["db_in_use", "db_waiting"], "queues": ["queue_*"], "breaker": ["breaker_state"]}
+        )
         series = fake_series(20)
         dash.update(series)
         assert dash.columns == ["p50_ms", "p99_ms", "memory_bytes", "db_in_use", "db_waiting"]
@@ -455,8 +460,7 @@ class TestDashboard:
     def test_readout_shows_no_latency_when_nothing_completed_for_a_minute(self):
         dash = Dashboard()
         series = fake_series(10)
-        grow(series, fake_series(RECENT_ROWS, start=50_410.0, p50_ms=[None] * RECENT_ROWS,
-                                 p99_ms=[None] * RECENT_ROWS))
+        grow(series, fake_series(RECENT_ROWS, start=50_410.0, p50_ms=[None] * RECENT_ROWS, p99_ms=[None] * RECENT_ROWS))
         dash.update(series)
         assert dash.totals["p50_s"] is None and 'data-metric="p50_s" data-value=""' in dash.readout.value
 
@@ -473,14 +477,17 @@ class TestDashboard:
         assert dash.rows_seen == 0 and dash.figure.data == () and dash.figure.layout.title.text == "next run"
         assert dash.totals["completed"] is None
 
-    @pytest.mark.parametrize("kwargs, field", [
-        ({"window_minutes": 0}, "window_minutes"),
-        ({"window_minutes": float("inf")}, "window_minutes"),
-        ({"panels": {"DB": "db_in_use"}}, "panels.DB"),
-        ({"panels": {"DB": []}}, "panels.DB"),
-        ({"panels": ["db_in_use"]}, "panels"),
-        ({"panels": {"memory (MiB)": ["db_in_use"]}}, "panels"),
-    ])
+    @pytest.mark.parametrize(
+        "kwargs, field",
+        [
+            ({"window_minutes": 0}, "window_minutes"),
+            ({"window_minutes": float("inf")}, "window_minutes"),
+            ({"panels": {"DB": "db_in_use"}}, "panels.DB"),
+            ({"panels": {"DB": []}}, "panels.DB"),
+            ({"panels": ["db_in_use"]}, "panels"),
+            ({"panels": {"memory (MiB)": ["db_in_use"]}}, "panels"),
+        ],
+    )
     def test_bad_arguments_name_the_field(self, kwargs, field):
         with pytest.raises(ValidationError) as info:
             Dashboard(**kwargs)
@@ -500,7 +507,7 @@ class TestPlots:
         kinds = sorted({e["kind"] for e in result.summary["events"]})
         drawn = [m for m in by_meta if not m.startswith("event:")]
         assert drawn == ["p50_ms", "p99_ms", "db_in_use", "db_waiting"]  # memory off: no flat zero line
-        assert sorted(m[len("event:"):] for m in by_meta if m.startswith("event:")) == kinds
+        assert sorted(m[len("event:") :] for m in by_meta if m.startswith("event:")) == kinds
         assert len(by_meta["db_in_use"].y) == len(result.series["t"])
         assert by_meta["db_in_use"].yaxis == "y3"
         assert len(fig.layout.shapes) == len(result.summary["events"])
@@ -571,7 +578,7 @@ class TestLiveSession:
         first = session.result.summary
         assert session.start()  # a fresh run, same settings: same story
         poll_until_final(session)
-        assert pf.metrics.strip_nondeterministic(session.result.summary) == pf.metrics.strip_nondeterministic(first)
+        assert pf.strip_nondeterministic(session.result.summary) == pf.strip_nondeterministic(first)
 
     def test_a_slider_moved_mid_run_reaches_the_run_at_the_next_tick(self):
         session = LiveSession(scenario="normal", duration=600, autopoll=False, pace=100, memory="off")
@@ -590,10 +597,10 @@ class TestLiveSession:
 
     def test_settings_made_before_start_are_the_runs_opening_faults(self):
         session = LiveSession(scenario="normal", duration=30, autopoll=False, **FAST)
-        session.panel.sliders["webhook_latency_multiplier"].value = 10 ** 0.5
+        session.panel.sliders["webhook_latency_multiplier"].value = 10**0.5
         assert "when the next run starts" in session.panel.status_text
         session.start()
-        assert session.live.config.faults == {"webhook_latency_multiplier": pytest.approx(10 ** 0.5)}
+        assert session.live.config.faults == {"webhook_latency_multiplier": pytest.approx(10**0.5)}
         session.close()
 
     def test_the_scenario_script_moves_the_sliders(self):
@@ -613,7 +620,7 @@ class TestLiveSession:
         assert session.live.config.faults == {"tier_modes": {"standard": "down"}}
         assert session.panel.sliders["traffic_multiplier"].value == 1.0  # shows what the run starts with
         poll_until_final(session)
-        assert pf.metrics.strip_nondeterministic(session.result.summary) == pf.metrics.strip_nondeterministic(first)
+        assert pf.strip_nondeterministic(session.result.summary) == pf.strip_nondeterministic(first)
         session.reset()
         assert session.panel.changed_faults() == {}
 
@@ -688,14 +695,17 @@ class TestLiveSession:
         assert session.state == "failed" and "plot exploded" in session.panel.status_text
         assert live_threads() == []
 
-    @pytest.mark.parametrize("kwargs, field", [
-        ({"scale": 0}, "scale"),
-        ({"duration": -1}, "duration"),
-        ({"pace": 0}, "pace"),
-        ({"interval": float("nan")}, "interval"),
-        ({"faults": {"traffic_multiplier": 1e9}}, "traffic_multiplier"),
-        ({"panels": {"x": "db_in_use"}}, "panels.x"),
-    ])
+    @pytest.mark.parametrize(
+        "kwargs, field",
+        [
+            ({"scale": 0}, "scale"),
+            ({"duration": -1}, "duration"),
+            ({"pace": 0}, "pace"),
+            ({"interval": float("nan")}, "interval"),
+            ({"faults": {"traffic_multiplier": 1e9}}, "traffic_multiplier"),
+            ({"panels": {"x": "db_in_use"}}, "panels.x"),
+        ],
+    )
     def test_bad_arguments_name_the_field(self, kwargs, field):
         with pytest.raises(ValidationError) as info:
             LiveSession(**kwargs)

@@ -61,9 +61,12 @@ def as_rebuilt(nb: Any, seed: int = 1) -> Any:
                 # tracemalloc's jitter is a share of what it measures (2% here, within the builder's 5%);
                 # every other number merely comes back unrounded.
                 scale = max((abs(v) for v in values if isinstance(v, float)), default=0.0)
-                trace["y"] = [v if not isinstance(v, float) else
-                              v * (1 + 1e-9) + (rng.uniform(-0.02, 0.02) * scale if noisy else 0.0)
-                              for v in values]
+                trace["y"] = [
+                    v
+                    if not isinstance(v, float)
+                    else v * (1 + 1e-9) + (rng.uniform(-0.02, 0.02) * scale if noisy else 0.0)
+                    for v in values
+                ]
     for cell in fresh.cells:
         for output in cell.get("outputs", []):
             if "text" in output:
@@ -75,7 +78,7 @@ def as_rebuilt(nb: Any, seed: int = 1) -> Any:
 def _one_more(number: str) -> str:
     """``"44.3"`` -> ``"44.4"``: a memory figure as the next run might print it."""
     decimals = len(number.partition(".")[2])
-    return f"{float(number.replace(',', '')) + 10.0 ** -decimals:,.{decimals}f}"
+    return f"{float(number.replace(',', '')) + 10.0**-decimals:,.{decimals}f}"
 
 
 def writes(nb: Any) -> str:
@@ -83,15 +86,18 @@ def writes(nb: Any) -> str:
 
 
 # --------------------------------------------------------------------------- rounding
-@pytest.mark.parametrize(("value", "rounded"), [
-    (0.2225637435913086, 0.22256),
-    (20.21349, 20.213),
-    (13512.3456, 13512.346),
-    (54005064.921, 54005064.921),   # a millisecond timestamp keeps its milliseconds
-    (50400000.0, 50400000.0),
-    (1.5e-05, 1.5e-05),
-    (0.0, 0.0),
-])
+@pytest.mark.parametrize(
+    ("value", "rounded"),
+    [
+        (0.2225637435913086, 0.22256),
+        (20.21349, 20.213),
+        (13512.3456, 13512.346),
+        (54005064.921, 54005064.921),  # a millisecond timestamp keeps its milliseconds
+        (50400000.0, 50400000.0),
+        (1.5e-05, 1.5e-05),
+        (0.0, 0.0),
+    ],
+)
 def test_figure_numbers_keep_five_significant_digits_and_milliseconds(value: float, rounded: float) -> None:
     figure = {"data": [{"y": [value], "x": [value], "uid": "3f1c"}], "layout": {}}
     build.round_figure(figure)
@@ -125,8 +131,9 @@ def test_a_rebuild_that_only_differs_by_noise_keeps_the_stored_bytes(name: str) 
 def test_a_real_change_in_a_figure_is_not_hidden() -> None:
     stored = committed("01_synchronous.ipynb")
     fresh = as_rebuilt(stored)
-    trace = next(t for output in figures(fresh) for t in output["data"][build.PLOTLY]["data"]
-                 if t.get("meta") == "p99_ms")
+    trace = next(
+        t for output in figures(fresh) for t in output["data"][build.PLOTLY]["data"] if t.get("meta") == "p99_ms"
+    )
     trace["y"] = [v * 1.05 if isinstance(v, float) else v for v in trace["y"]]  # p99 latency 5% worse
     kept = build.stabilize(fresh, copy.deepcopy(stored))
     assert kept == sum(c.cell_type == "code" for c in stored.cells) - 1
@@ -135,24 +142,33 @@ def test_a_real_change_in_a_figure_is_not_hidden() -> None:
     assert p99["y"] == build.round_figure({"data": [dict(trace)]})["data"][0]["y"]
 
 
-@pytest.mark.parametrize(("new", "old", "same"), [
-    ("1,812 simulated seconds in 0.86 real seconds\n", "1,812 simulated seconds in 0.89 real seconds\n", True),
-    ("3,600 s simulated in 0.024 s", "3,600 s simulated in 0.025 s", True),
-    ("peak 44.4 MiB above start", "peak 44.3 MiB above start", True),
-    ("peak 0.21 MiB", "peak 0.22 MiB", True),          # one unit of the last digit
-    ("peak 30.0 MiB above start", "peak 44.3 MiB above start", False),
-    ("mean latency 13.6 s", "mean latency 13.5 s", False),   # simulated time is deterministic: a change
-    ("1,813 simulated seconds in 0.86 real seconds\n", "1,812 simulated seconds in 0.89 real seconds\n", False),
-    ("stuck: $2,000,000", "stuck: $2,000,001", False),
-    ("Black Friday: 28.0 MiB (85 times as much)", "Black Friday: 28.3 MiB (86 times as much)", True),
-    ("Black Friday: 28.0 MiB (85 times as much)", "Black Friday: 28.3 MiB (95 times as much)", False),
-    ("Black Friday: 28.0 MiB\n1,812 payments", "Black Friday: 28.3 MiB\n1,813 payments", False),
-    # a count on a line that also shows a size is a count: it must not drift with memory
-    ("by tier: 31 KiB; per merchant: 607 KiB, 8,398 samples", "by tier: 31 KiB; per merchant: 605 KiB, 8,384 samples",
-     False),
-    ("by tier: 31 KiB; per merchant: 607 KiB, 8,384 samples", "by tier: 31 KiB; per merchant: 605 KiB, 8,384 samples",
-     True),
-])
+@pytest.mark.parametrize(
+    ("new", "old", "same"),
+    [
+        ("1,812 simulated seconds in 0.86 real seconds\n", "1,812 simulated seconds in 0.89 real seconds\n", True),
+        ("3,600 s simulated in 0.024 s", "3,600 s simulated in 0.025 s", True),
+        ("peak 44.4 MiB above start", "peak 44.3 MiB above start", True),
+        ("peak 0.21 MiB", "peak 0.22 MiB", True),  # one unit of the last digit
+        ("peak 30.0 MiB above start", "peak 44.3 MiB above start", False),
+        ("mean latency 13.6 s", "mean latency 13.5 s", False),  # simulated time is deterministic: a change
+        ("1,813 simulated seconds in 0.86 real seconds\n", "1,812 simulated seconds in 0.89 real seconds\n", False),
+        ("stuck: $2,000,000", "stuck: $2,000,001", False),
+        ("Black Friday: 28.0 MiB (85 times as much)", "Black Friday: 28.3 MiB (86 times as much)", True),
+        ("Black Friday: 28.0 MiB (85 times as much)", "Black Friday: 28.3 MiB (95 times as much)", False),
+        ("Black Friday: 28.0 MiB\n1,812 payments", "Black Friday: 28.3 MiB\n1,813 payments", False),
+        # a count on a line that also shows a size is a count: it must not drift with memory
+        (
+            "by tier: 31 KiB; per merchant: 607 KiB, 8,398 samples",
+            "by tier: 31 KiB; per merchant: 605 KiB, 8,384 samples",
+            False,
+        ),
+        (
+            "by tier: 31 KiB; per merchant: 607 KiB, 8,384 samples",
+            "by tier: 31 KiB; per merchant: 605 KiB, 8,384 samples",
+            True,
+        ),
+    ],
+)
 def test_what_counts_as_noise_in_text(new: str, old: str, same: bool) -> None:
     assert build.texts_equivalent(new, old, build.wall_clock_patterns()) is same
 
@@ -167,9 +183,13 @@ def test_a_one_line_prose_edit_is_a_one_line_diff() -> None:
     lines[1] = lines[1] + " (edited)"
     cell.source = "\n".join(lines)
     build.stabilize(edited, copy.deepcopy(stored))
-    diff = [line for line in difflib.unified_diff(path.read_text(encoding="utf-8").splitlines(),
-                                                  writes(edited).splitlines(), lineterm="", n=0)
-            if line[:1] in "+-" and not line.startswith(("+++", "---"))]
+    diff = [
+        line
+        for line in difflib.unified_diff(
+            path.read_text(encoding="utf-8").splitlines(), writes(edited).splitlines(), lineterm="", n=0
+        )
+        if line[:1] in "+-" and not line.startswith(("+++", "---"))
+    ]
     assert len(diff) == 2 and diff[1].endswith(' (edited)\\n",'), diff
 
     from nbdime import diff_notebooks
@@ -190,8 +210,12 @@ def test_git_diffs_lessons_through_nbdime_once_enabled() -> None:
     attributes = (ROOT / ".gitattributes").read_text().splitlines()
     assert "*.ipynb diff=jupyternotebook merge=jupyternotebook" in attributes
     if (ROOT / ".git").exists() and shutil.which("git"):
-        done = subprocess.run(["git", "-C", str(ROOT), "check-attr", "diff", "--", "lessons/01_synchronous.ipynb"],
-                              capture_output=True, text=True, check=True)
+        done = subprocess.run(
+            ["git", "-C", str(ROOT), "check-attr", "diff", "--", "lessons/01_synchronous.ipynb"],
+            capture_output=True,
+            text=True,
+            check=True,
+        )
         assert done.stdout.strip().endswith("diff: jupyternotebook")
     readme = (ROOT / "README.md").read_text(encoding="utf-8")
     assert "nbdime config-git --enable" in readme
@@ -234,30 +258,43 @@ def test_the_static_image_is_drawn_offline_by_debians_chromium() -> None:
 
 
 def test_split_streams_are_merged_as_jupyterlab_shows_them() -> None:
-    outputs = [{"output_type": "stream", "name": "stdout", "text": "a\n"},
-               {"output_type": "stream", "name": "stdout", "text": ["b\n", "c\n"]},
-               {"output_type": "stream", "name": "stderr", "text": "careful\n"},
-               {"output_type": "stream", "name": "stdout", "text": "d\n"}]
+    outputs = [
+        {"output_type": "stream", "name": "stdout", "text": "a\n"},
+        {"output_type": "stream", "name": "stdout", "text": ["b\n", "c\n"]},
+        {"output_type": "stream", "name": "stderr", "text": "careful\n"},
+        {"output_type": "stream", "name": "stdout", "text": "d\n"},
+    ]
     merged = build.coalesce_streams(copy.deepcopy(outputs))
-    assert [(o["name"], o["text"]) for o in merged] == [("stdout", "a\nb\nc\n"), ("stderr", "careful\n"),
-                                                        ("stdout", "d\n")]
+    assert [(o["name"], o["text"]) for o in merged] == [
+        ("stdout", "a\nb\nc\n"),
+        ("stderr", "careful\n"),
+        ("stdout", "d\n"),
+    ]
 
 
 def _cell(text: str, tags: list[str] | None = None) -> Any:
-    cell = nbformat.v4.new_code_cell("print(deliver_for_real())", id="c1", execution_count=1,
-                                     outputs=[nbformat.v4.new_output("stream", name="stdout", text=text)])
+    cell = nbformat.v4.new_code_cell(
+        "print(deliver_for_real())",
+        id="c1",
+        execution_count=1,
+        outputs=[nbformat.v4.new_output("stream", name="stdout", text=text)],
+    )
     if tags:
         cell.metadata["tags"] = tags
     return cell
 
 
-@pytest.mark.parametrize(("tags", "new_text", "kept"), [
-    (["nbval-ignore-output"], "55 payments authorized in 3.1 s; port 49801\n", True),
-    (["nbval-ignore-output"], "55 payments refused\n", False),      # words changed: a change
-    (None, "55 payments authorized in 3.1 s; port 49801\n", False),  # not declared varying: numbers count
-])
-def test_cells_declared_varying_keep_their_output_while_only_numbers_change(tags: list[str] | None, new_text: str,
-                                                                            kept: bool) -> None:
+@pytest.mark.parametrize(
+    ("tags", "new_text", "kept"),
+    [
+        (["nbval-ignore-output"], "55 payments authorized in 3.1 s; port 49801\n", True),
+        (["nbval-ignore-output"], "55 payments refused\n", False),  # words changed: a change
+        (None, "55 payments authorized in 3.1 s; port 49801\n", False),  # not declared varying: numbers count
+    ],
+)
+def test_cells_declared_varying_keep_their_output_while_only_numbers_change(
+    tags: list[str] | None, new_text: str, kept: bool
+) -> None:
     stored = nbformat.v4.new_notebook(cells=[_cell("52 payments authorized in 3.2 s; port 49797\n", tags)])
     fresh = nbformat.v4.new_notebook(cells=[_cell(new_text, tags)])
     assert build.stabilize(fresh, stored) == int(kept)

@@ -18,12 +18,12 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 from rich.console import Console
 
-from payflow_lab.cli import main
-from payflow_lab.domain import ValidationError
-from payflow_lab.metrics import hhmmss
-from payflow_lab.monitoring import DashboardFeed, Monitor, render, sparkline
+from payflow_lab.app.cli import main
+from payflow_lab.core.errors import ValidationError
+from payflow_lab.core.recorder import hhmmss
+from payflow_lab.core.vtime import run_virtual
+from payflow_lab.observe import DashboardFeed, Monitor, render, sparkline
 from payflow_lab.runner import RunConfig, Simulation
-from payflow_lab.vtime import run_virtual
 
 
 def _threads() -> set[threading.Thread]:
@@ -56,8 +56,7 @@ def test_a_live_monitoring_run_serves_metrics_while_it_runs_and_leaves_nothing_b
         story = fams["payflow_story_time_seconds"].samples[0].value
         assert 14 * 3600 + 60 <= story < 14 * 3600 + 900  # a snapshot of the run in progress
         assert {s.labels["tier"] for s in fams["payflow_webhooks"].samples} == {"enterprise", "premium", "standard"}
-        assert {s.labels["state"] for s in fams["payflow_circuit_breakers"].samples} == {"closed", "open",
-                                                                                         "half_open"}
+        assert {s.labels["state"] for s in fams["payflow_circuit_breakers"].samples} == {"closed", "open", "half_open"}
         port = monitor.port
         result = monitor.join(timeout=60)
     finally:
@@ -71,8 +70,9 @@ def test_a_live_monitoring_run_serves_metrics_while_it_runs_and_leaves_nothing_b
 
 def test_stopping_a_live_run_early_stops_its_server_too() -> None:
     before = _threads()
-    monitor = Monitor(RunConfig(scenario="monitoring", phase=5, seed=1, scale=0.02, memory="off"),
-                      pace=50, port=0).start()
+    monitor = Monitor(
+        RunConfig(scenario="monitoring", phase=5, seed=1, scale=0.02, memory="off"), pace=50, port=0
+    ).start()
     port = monitor.port
     time.sleep(0.3)
     result = monitor.stop()
@@ -83,8 +83,26 @@ def test_stopping_a_live_run_early_stops_its_server_too() -> None:
 
 def test_the_cli_prints_one_json_object_and_the_port_on_stderr(capsys: pytest.CaptureFixture[str]) -> None:
     before = _threads()
-    code = main(["run", "--scenario", "monitoring", "--phase", "5", "--scale", "0.02", "--duration", "300",
-                 "--pace", "2000", "--port", "0", "--json", "--memory", "off"])
+    code = main(
+        [
+            "run",
+            "--scenario",
+            "monitoring",
+            "--phase",
+            "5",
+            "--scale",
+            "0.02",
+            "--duration",
+            "300",
+            "--pace",
+            "2000",
+            "--port",
+            "0",
+            "--json",
+            "--memory",
+            "off",
+        ]
+    )
     out, err = capsys.readouterr()
     assert code == 0
     data = json.loads(out)  # exactly one JSON object, nothing else
@@ -95,15 +113,19 @@ def test_the_cli_prints_one_json_object_and_the_port_on_stderr(capsys: pytest.Ca
     assert _closed(int(match.group(1))) and _threads() - before == set()
 
 
-@pytest.mark.parametrize("argv, message", [
-    (["run", "--scenario", "normal", "--pace", "5"], "--pace and --port apply to live runs"),
-    (["run", "--scenario", "normal", "--port", "0"], "--pace and --port apply to live runs"),
-    (["run", "--scenario", "monitoring", "--port", "70000"], "argument --port"),
-    (["run", "--scenario", "monitoring", "--port", "http"], "argument --port"),
-    (["run", "--scenario", "monitoring", "--pace", "0", "--duration", "10"], "pace"),
-])
-def test_bad_live_options_are_one_line_and_exit_2(argv: list[str], message: str,
-                                                   capsys: pytest.CaptureFixture[str]) -> None:
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["run", "--scenario", "normal", "--pace", "5"], "--pace and --port apply to live runs"),
+        (["run", "--scenario", "normal", "--port", "0"], "--pace and --port apply to live runs"),
+        (["run", "--scenario", "monitoring", "--port", "70000"], "argument --port"),
+        (["run", "--scenario", "monitoring", "--port", "http"], "argument --port"),
+        (["run", "--scenario", "monitoring", "--pace", "0", "--duration", "10"], "pace"),
+    ],
+)
+def test_bad_live_options_are_one_line_and_exit_2(
+    argv: list[str], message: str, capsys: pytest.CaptureFixture[str]
+) -> None:
     assert main(argv) == 2
     out, err = capsys.readouterr()
     assert out == "" and message in err and err.count("\n") == 1
@@ -135,14 +157,32 @@ def _text(renderable: object, width: int = 140) -> str:
 
 
 def test_the_dashboard_shows_throughput_latency_webhooks_breakers_queues_and_memory() -> None:
-    simulation = _finished(5, scenario="normal", duration=600,
-                           faults={"traffic_multiplier": 10.0, "tier_modes": {"standard": "hang"}})
+    simulation = _finished(
+        5, scenario="normal", duration=600, faults={"traffic_multiplier": 10.0, "tier_modes": {"standard": "hang"}}
+    )
     snapshot = DashboardFeed(pace=30, metrics_url="http://127.0.0.1:9464/metrics").update(simulation, "finished")
     text = _text(render(snapshot))
-    for words in ("PayFlow live", "normal, phase 5 (hardened)", "story time 14:10:", "pace 30x", "[finished]",
-                  "Prometheus metrics: http://127.0.0.1:9464/metrics", "Payments", "throughput", "latency",
-                  "Webhooks", "success", "deferred now", "dead letters", "Circuit breakers", "Queues",
-                  "webhook lane: enterprise", "audit", "Memory", "Latest events"):
+    for words in (
+        "PayFlow live",
+        "normal, phase 5 (hardened)",
+        "story time 14:10:",
+        "pace 30x",
+        "[finished]",
+        "Prometheus metrics: http://127.0.0.1:9464/metrics",
+        "Payments",
+        "throughput",
+        "latency",
+        "Webhooks",
+        "success",
+        "deferred now",
+        "dead letters",
+        "Circuit breakers",
+        "Queues",
+        "webhook lane: enterprise",
+        "audit",
+        "Memory",
+        "Latest events",
+    ):
         assert words in text, words
     breakers = snapshot.breakers
     assert breakers is not None and breakers["open"] > 0

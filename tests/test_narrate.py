@@ -15,10 +15,10 @@ from functools import cache
 import pytest
 
 import payflow_lab as pf
-import payflow_lab.narrate as narration
-from payflow_lab.domain import ValidationError
-from payflow_lab.narrate import RATIO_ROW, RATIO_TARGET, STORY_CLAIMS, key_metrics, latency_ratio, narrate
-from payflow_lab.report import format_bytes, format_ms
+import payflow_lab.app.narrate as narration
+from payflow_lab.app.narrate import RATIO_ROW, RATIO_TARGET, STORY_CLAIMS, key_metrics, latency_ratio, narrate
+from payflow_lab.app.report import format_bytes, format_ms
+from payflow_lab.core.errors import ValidationError
 
 Results = dict[int, dict[str, pf.RunResult]]
 
@@ -28,8 +28,10 @@ def results() -> Results:
     def run(scenario: str, phase: int) -> pf.RunResult:
         return pf.run(scenario, phase=phase, seed=7, scale=0.05, memory="off")
 
-    return {1: {"normal": run("normal", 1), "blackfriday": run("blackfriday", 1)},
-            5: {"normal": run("normal", 5), "blackfriday": run("blackfriday", 5), "recovery": run("recovery", 5)}}
+    return {
+        1: {"normal": run("normal", 1), "blackfriday": run("blackfriday", 1)},
+        5: {"normal": run("normal", 5), "blackfriday": run("blackfriday", 5), "recovery": run("recovery", 5)},
+    }
 
 
 def rows_by_metric() -> dict[str, dict[str, str]]:
@@ -67,7 +69,8 @@ def test_webhook_failures_block_before_and_are_isolated_after() -> None:
     assert f"{before['payments']['stuck']:,} stuck" in cell["measured_before"]
     webhook = after["side_effects"]["by_kind"]["webhook"]
     assert cell["measured_after"].startswith(
-        f"isolated: {webhook['dead_lettered']:,} of {webhook['started']:,} webhooks not delivered")
+        f"isolated: {webhook['dead_lettered']:,} of {webhook['started']:,} webhooks not delivered"
+    )
     assert format_ms(after["latency_ms"]["p50"]) in cell["measured_after"]
     bf = rows["payment latency (Black Friday, p50)"]
     assert bf["measured_before"] == f"frozen at {before['moments']['throughput_zero_at']}"
@@ -84,22 +87,25 @@ def test_memory_and_recovery_cells() -> None:
     seconds = r[5]["recovery"].summary["recovery_seconds"]
     assert isinstance(seconds, float) and seconds > 0
     recovery = rows["recovery time"]
-    assert recovery["measured_after"] == (f"automatic: {seconds:,.0f} s from endpoint back to breaker closed "
-                                          "and backlog delivered")
+    assert recovery["measured_after"] == (
+        f"automatic: {seconds:,.0f} s from endpoint back to breaker closed and backlog delivered"
+    )
     assert recovery["measured_before"].startswith("none within the run: frozen from")
 
 
 def test_recovery_seconds_may_also_be_a_dict_of_merchants() -> None:
     r = results()
     recovery = r[5]["recovery"]
-    patched = dataclasses.replace(recovery, summary={**recovery.summary,
-                                                     "recovery_seconds": {"mch_00001": 12.0, "mch_00002": 40.4}})
+    patched = dataclasses.replace(
+        recovery, summary={**recovery.summary, "recovery_seconds": {"mch_00001": 12.0, "mch_00002": 40.4}}
+    )
     rows = {row["metric"]: row for row in key_metrics({1: r[1], 5: {**r[5], "recovery": patched}})}
     assert rows["recovery time"]["measured_after"].startswith("automatic: 40 s")
 
 
-def test_narrate_prints_the_table_and_the_ratio(monkeypatch: pytest.MonkeyPatch,
-                                                capsys: pytest.CaptureFixture[str]) -> None:
+def test_narrate_prints_the_table_and_the_ratio(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
     monkeypatch.setattr(narration, "_runs", lambda phases, seed, scale, err: results())
     monkeypatch.setattr(narration, "Console", lambda **kw: pf_console(**kw))
     assert narrate(seed=7, scale=0.05) == 0
@@ -113,8 +119,9 @@ def test_narrate_prints_the_table_and_the_ratio(monkeypatch: pytest.MonkeyPatch,
         assert row["measured_after"].split(" ")[0] in out
 
 
-def test_narrate_json_carries_the_same_table(monkeypatch: pytest.MonkeyPatch,
-                                             capsys: pytest.CaptureFixture[str]) -> None:
+def test_narrate_json_carries_the_same_table(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
     monkeypatch.setattr(narration, "_runs", lambda phases, seed, scale, err: results())
     assert narrate(seed=7, scale=0.05, as_json=True) == 0
     payload = json.loads(capsys.readouterr().out)

@@ -7,9 +7,10 @@ import pytest
 import payflow_lab as pf
 
 
-@pytest.mark.parametrize(("scenario", "phase", "seed"), [("blackfriday", 1, 1), ("blackfriday", 1, 2),
-                                                         ("normal", 2, 1), ("blackfriday", 3, 5),
-                                                         ("recovery", 5, 3)])
+@pytest.mark.parametrize(
+    ("scenario", "phase", "seed"),
+    [("blackfriday", 1, 1), ("blackfriday", 1, 2), ("normal", 2, 1), ("blackfriday", 3, 5), ("recovery", 5, 3)],
+)
 def test_one_row_per_simulated_second_and_the_last_is_the_end(scenario: str, phase: int, seed: int) -> None:
     result = pf.run(scenario, phase=phase, seed=seed, memory="off")
     t = result.series["t"]
@@ -42,8 +43,9 @@ def test_littles_law_holds_over_one_window(seed: int) -> None:
     """Arrivals, time in system and the in-flight series, all over the whole run: L = lambda W within 0.5%."""
     law = pf.run("normal", phase=1, seed=seed, memory="off")["littles_law"]
     assert 0.995 <= law["measured_mean_in_flight"] / law["predicted_in_flight"] <= 1.005
-    assert law["predicted_in_flight"] == pytest.approx(law["arrival_rate_per_s"] * law["mean_time_in_system_s"],
-                                                       abs=0.01)
+    assert law["predicted_in_flight"] == pytest.approx(
+        law["arrival_rate_per_s"] * law["mean_time_in_system_s"], abs=0.01
+    )
 
 
 @pytest.mark.parametrize(("scenario", "seed"), [("blackfriday", 1), ("blackfriday", 3), ("recovery", 2)])
@@ -54,7 +56,7 @@ def test_phase1_gives_the_same_json_on_both_backends(scenario: str, seed: int) -
     """
     import json
 
-    from payflow_lab.metrics import strip_nondeterministic
+    from payflow_lab.core.recorder import strip_nondeterministic
 
     def payload(backend: str) -> str:
         result = pf.run(scenario, phase=1, seed=seed, memory="off", backend=backend)

@@ -38,17 +38,32 @@ from pathlib import Path
 
 import pytest
 
-from payflow_lab.workshop import FIRST_LESSON, shipped_files
+from payflow_lab.app.workshop import FIRST_LESSON, shipped_files
 
 ROOT = Path(__file__).resolve().parents[1]
 
 #: What `make test`, CI and the tests read from a source tree, beyond the package and its tests.
 NEEDED_BY_MAKE_TEST = [
-    "Makefile", "pyproject.toml", "README.md", "LICENSE", "environment.yml", "hatch_build.py", ".ci/run",
-    "tools/build_lessons.py", "tools/ensure-chromium", "docs/json-contract.md", "docs/resilience/index.md",
-    "tests/conftest.py", "tests/browser/conftest.py", "tests/browser/lessons_spec.py",
-    "lessons/FACILITATOR.md", "lessons/sanitize.cfg", f"lessons/{FIRST_LESSON}",
-    "binder/requirements.txt", "binder/postBuild", "binder/runtime.txt",
+    "Makefile",
+    "pyproject.toml",
+    "README.md",
+    "LICENSE",
+    "environment.yml",
+    "hatch_build.py",
+    ".ci/run",
+    "tools/build_lessons.py",
+    "tools/ensure-chromium",
+    "docs/json-contract.md",
+    "docs/resilience/index.md",
+    "tests/conftest.py",
+    "tests/browser/conftest.py",
+    "tests/browser/lessons_spec.py",
+    "lessons/FACILITATOR.md",
+    "lessons/sanitize.cfg",
+    f"lessons/{FIRST_LESSON}",
+    "binder/requirements.txt",
+    "binder/postBuild",
+    "binder/runtime.txt",
     "jupyter-config/share/jupyter/lab/settings/overrides.d/payflow-lab.json",
 ]
 EXECUTABLE = [".ci/run", "tools/ensure-chromium", "binder/postBuild"]
@@ -57,8 +72,9 @@ EXECUTABLE = [".ci/run", "tools/ensure-chromium", "binder/postBuild"]
 @pytest.fixture(scope="module")
 def distributions(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     out = tmp_path_factory.mktemp("dist")
-    done = subprocess.run([sys.executable, "-m", "build", "--outdir", str(out), str(ROOT)],
-                          capture_output=True, text=True, timeout=600)
+    done = subprocess.run(
+        [sys.executable, "-m", "build", "--outdir", str(out), str(ROOT)], capture_output=True, text=True, timeout=600
+    )
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     (sdist,) = out.glob("*.tar.gz")
     (wheel,) = out.glob("*.whl")
@@ -69,7 +85,7 @@ def sdist_members(sdist: Path) -> dict[str, tarfile.TarInfo]:
     with tarfile.open(sdist) as archive:
         members = archive.getmembers()
     prefix = members[0].name.split("/")[0] + "/"
-    return {m.name[len(prefix):]: m for m in members if m.name.startswith(prefix) and m.isfile()}
+    return {m.name[len(prefix) :]: m for m in members if m.name.startswith(prefix) and m.isfile()}
 
 
 def git_tracked_files() -> list[str] | None:
@@ -86,8 +102,12 @@ def test_the_sdist_holds_everything_make_test_needs(distributions: dict[str, Pat
     missing = [name for name in NEEDED_BY_MAKE_TEST if name not in members]
     assert not missing, f"the sdist lacks {missing}"
     for name in ("docs", "tools", "tests", "lessons", "payflow_lab"):
-        here = [p.relative_to(ROOT).as_posix() for p in (ROOT / name).rglob("*") if p.is_file()
-                and not any(part.startswith(".") or part == "__pycache__" for part in p.relative_to(ROOT).parts)]
+        here = [
+            p.relative_to(ROOT).as_posix()
+            for p in (ROOT / name).rglob("*")
+            if p.is_file()
+            and not any(part.startswith(".") or part == "__pycache__" for part in p.relative_to(ROOT).parts)
+        ]
         assert set(here) <= set(members), f"{name}/: {sorted(set(here) - set(members))[:5]} not in the sdist"
     tracked = git_tracked_files()
     if tracked is not None:
@@ -104,18 +124,23 @@ def wheel_files(wheel: Path) -> dict[str, bytes]:
 
 def test_the_wheel_carries_the_workshop_the_licence_and_the_metadata(distributions: dict[str, Path]) -> None:
     files = wheel_files(distributions["wheel"])
-    workshop = {name.removeprefix("payflow_lab/_workshop/"): data for name, data in files.items()
-                if name.startswith("payflow_lab/_workshop/")}
+    workshop = {
+        name.removeprefix("payflow_lab/_workshop/"): data
+        for name, data in files.items()
+        if name.startswith("payflow_lab/_workshop/")
+    }
     assert workshop == shipped_files(), "the wheel's lessons are not the repository's"
     assert "payflow_lab/py.typed" in files
     assert not [name for name in files if "__pycache__" in name or "/." in name]
     info = next(name.split("/")[0] for name in files if name.endswith(".dist-info/METADATA"))
     assert files[f"{info}/licenses/LICENSE"].startswith(b"MIT License")
-    data = next(name.split("/")[0] for name in files if name.endswith(".data/data/share/jupyter/lab/settings/"
-                                                                      "overrides.d/payflow-lab.json"))
+    data = next(
+        name.split("/")[0]
+        for name in files
+        if name.endswith(".data/data/share/jupyter/lab/settings/overrides.d/payflow-lab.json")
+    )
     overrides = json.loads(files[f"{data}/data/share/jupyter/lab/settings/overrides.d/payflow-lab.json"])
-    assert overrides["@jupyterlab/apputils-extension:notification"] == {"fetchNews": "false",
-                                                                        "checkForUpdates": False}
+    assert overrides["@jupyterlab/apputils-extension:notification"] == {"fetchNews": "false", "checkForUpdates": False}
     metadata = Parser().parsestr(files[f"{info}/METADATA"].decode())
     assert metadata["License-Expression"] == "MIT"
     classifiers = metadata.get_all("Classifier")
@@ -133,11 +158,31 @@ def fresh_venv(distributions: dict[str, Path], tmp_path_factory: pytest.TempPath
     assert not venv.resolve().is_relative_to(ROOT.resolve())
     subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True, timeout=120)
     python = venv / "bin" / "python"
-    done = subprocess.run([sys.executable, "-m", "pip", "--python", str(python), "install", "--no-deps",
-                           "--no-index", str(distributions["wheel"])], capture_output=True, text=True, timeout=300)
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "--python",
+            str(python),
+            "install",
+            "--no-deps",
+            "--no-index",
+            str(distributions["wheel"]),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert done.returncode == 0, done.stdout + done.stderr
-    site = Path(subprocess.run([str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
-                               capture_output=True, text=True, check=True).stdout.strip())
+    site = Path(
+        subprocess.run(
+            [str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
+    )
     ours = {sysconfig.get_paths()["purelib"], sysconfig.get_paths()["platlib"]}
     (site / "_payflow_test_dependencies.pth").write_text("\n".join(sorted(ours)) + "\n")
     return venv
@@ -176,8 +221,9 @@ def wheel_version(wheel: Path) -> str:
 
 
 @pytest.mark.slow
-def test_the_wheel_installs_and_copies_the_workshop_out(distributions: dict[str, Path], fresh_venv: Path,
-                                                        tmp_path: Path) -> None:
+def test_the_wheel_installs_and_copies_the_workshop_out(
+    distributions: dict[str, Path], fresh_venv: Path, tmp_path: Path
+) -> None:
     python = fresh_venv / "bin" / "python"
     checked = in_venv(fresh_venv, str(python), "-c", REQUIREMENTS_MET, cwd=tmp_path)
     assert checked.returncode == 0, checked.stderr
@@ -188,8 +234,7 @@ def test_the_wheel_installs_and_copies_the_workshop_out(distributions: dict[str,
     version = in_venv(fresh_venv, str(fresh_venv / "bin" / "payflow-lab"), "--version", cwd=tmp_path)
     assert (version.returncode, version.stdout) == (0, f"payflow-lab {wheel_version(distributions['wheel'])}\n")
 
-    copied = in_venv(fresh_venv, str(fresh_venv / "bin" / "payflow-lab"), "lessons", str(tmp_path / "x"),
-                     cwd=tmp_path)
+    copied = in_venv(fresh_venv, str(fresh_venv / "bin" / "payflow-lab"), "lessons", str(tmp_path / "x"), cwd=tmp_path)
     assert copied.returncode == 0, copied.stderr
     assert f"jupyter lab --notebook-dir={tmp_path / 'x'}" in copied.stdout.replace(str(fresh_venv / "bin") + "/", "")
     for name, data in shipped_files().items():
@@ -202,9 +247,23 @@ def test_the_copied_lessons_pass_nbval_on_the_installed_wheel(fresh_venv: Path, 
     copied = in_venv(fresh_venv, str(fresh_venv / "bin" / "payflow-lab"), "lessons", str(lessons), cwd=tmp_path)
     assert copied.returncode == 0, copied.stderr
     report = tmp_path / "nbval.xml"
-    done = in_venv(fresh_venv, str(fresh_venv / "bin" / "python"), "-m", "pytest", str(lessons), "--nbval-lax",
-                   "--nbval-current-env", "--nbval-sanitize-with", str(lessons / "sanitize.cfg"),
-                   "-p", "no:cacheprovider", "-q", f"--junitxml={report}", cwd=lessons, timeout=1800)
+    done = in_venv(
+        fresh_venv,
+        str(fresh_venv / "bin" / "python"),
+        "-m",
+        "pytest",
+        str(lessons),
+        "--nbval-lax",
+        "--nbval-current-env",
+        "--nbval-sanitize-with",
+        str(lessons / "sanitize.cfg"),
+        "-p",
+        "no:cacheprovider",
+        "-q",
+        f"--junitxml={report}",
+        cwd=lessons,
+        timeout=1800,
+    )
     assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-2000:]
     import xml.etree.ElementTree as ET
 

@@ -7,9 +7,9 @@ import inspect
 import pytest
 
 import payflow_lab as pf
-from payflow_lab.metrics import hhmmss
+from payflow_lab.core.recorder import hhmmss
+from payflow_lab.core.scenarios import SCENARIOS, Scenario, Step
 from payflow_lab.phases.sync import SynchronousPipeline
-from payflow_lab.scenarios import SCENARIOS, Scenario, Step
 
 #: The story says about 13.5 s; the stated tolerance is 5%.
 STORY_MEAN_S = 13.5
@@ -85,9 +85,13 @@ def test_the_events_tell_the_story_in_order(black_friday):
 def test_the_freeze_comes_from_slow_merchants_not_from_a_script():
     """Same Black Friday traffic, healthy endpoints: no freeze. The script only sets inputs."""
     bf = SCENARIOS["blackfriday"]
-    healthy = Scenario(name="blackfriday-healthy", title="Black Friday, healthy merchants", start=bf.start,
-                       duration=bf.duration,
-                       steps=tuple(step for step in bf.steps if "webhook_hang_rate" not in step.changes))
+    healthy = Scenario(
+        name="blackfriday-healthy",
+        title="Black Friday, healthy merchants",
+        start=bf.start,
+        duration=bf.duration,
+        steps=tuple(step for step in bf.steps if "webhook_hang_rate" not in step.changes),
+    )
     s = pf.run(healthy, phase=1, seed=7, memory="off").summary
     assert s["moments"]["throughput_zero_at"] is None
     assert s["payments"]["stuck"] == 0
@@ -96,10 +100,14 @@ def test_the_freeze_comes_from_slow_merchants_not_from_a_script():
 
 def test_hanging_endpoints_alone_freeze_a_busy_afternoon():
     """The same mechanism with other inputs: x10 traffic and every standard merchant hanging from the start."""
-    scenario = Scenario(name="hang", title="x10 with hanging standard merchants", start=14 * 3600.0,
-                        duration=900, initial={"traffic_multiplier": 10.0},
-                        steps=(Step(14 * 3600.0 + 60, "standard merchants hang",
-                                    {"tier_modes": {"standard": "hang"}}),))
+    scenario = Scenario(
+        name="hang",
+        title="x10 with hanging standard merchants",
+        start=14 * 3600.0,
+        duration=900,
+        initial={"traffic_multiplier": 10.0},
+        steps=(Step(14 * 3600.0 + 60, "standard merchants hang", {"tier_modes": {"standard": "hang"}}),),
+    )
     s = pf.run(scenario, phase=1, seed=3, memory="off").summary
     assert s["moments"]["pool_exhausted_at"] is not None
     assert s["moments"]["throughput_zero_at"] is not None
@@ -114,8 +122,14 @@ def test_webhooks_are_retried_synchronously(black_friday):
 
 def test_the_lesson_can_show_the_original_code():
     source = inspect.getsource(SynchronousPipeline.process_payment)
-    for call in ("authorize", "send_merchant_webhook", "write_analytics", "write_audit_log",
-                 "update_risk_score", "notify_fraud"):
+    for call in (
+        "authorize",
+        "send_merchant_webhook",
+        "write_analytics",
+        "write_audit_log",
+        "update_risk_score",
+        "notify_fraud",
+    ):
         assert call in source
     assert len(source.splitlines()) <= 15
     assert hhmmss(14 * 3600 + 18 * 60) == "14:18:00"

@@ -13,7 +13,7 @@ import sys
 import pytest
 
 import payflow_lab as pf
-from payflow_lab.metrics import strip_nondeterministic
+from payflow_lab.core.recorder import strip_nondeterministic
 from payflow_lab.phases.leaks import least_squares
 
 SEED = 7

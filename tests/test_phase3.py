@@ -16,8 +16,8 @@ import sys
 import pytest
 
 import payflow_lab as pf
-from payflow_lab.domain import Tier
-from payflow_lab.metrics import Recorder, strip_nondeterministic
+from payflow_lab.core.domain import Tier
+from payflow_lab.core.recorder import Recorder, strip_nondeterministic
 from payflow_lab.phases.channels import ChannelPipeline
 from payflow_lab.phases.leaks import growth_while_hanging
 

@@ -14,10 +14,10 @@ from functools import cache
 import pytest
 
 import payflow_lab as pf
-from payflow_lab.metrics import strip_nondeterministic
+from payflow_lab.core.recorder import strip_nondeterministic
+from payflow_lab.core.world import SIDE_EFFECT_KINDS
 from payflow_lab.phases import get_phase
 from payflow_lab.phases.hook_bus import CAPACITY, HookBusPipeline
-from payflow_lab.world import SIDE_EFFECT_KINDS
 
 SCALE = 0.05
 OVERLOAD = {"traffic_multiplier": 40.0, "webhook_hang_rate": 1.0}
@@ -108,9 +108,12 @@ def test_shutdown_drains_with_a_deadline_and_reports_what_it_cut() -> None:
     shutdown = s["hooks"]["shutdown"]
     assert shutdown["deadline_s"] == 10.0 and shutdown["totals"]["abandoned"] == 0
     cut = shutdown["totals"]["cancelled"] + shutdown["totals"]["never_started"]
-    dropped_at_shutdown = sum(n for key, reasons in s["side_effects"]["reasons"].items()
-                              for why, n in reasons.items()
-                              if key.endswith(".dropped") and not why.startswith("rejected"))
+    dropped_at_shutdown = sum(
+        n
+        for key, reasons in s["side_effects"]["reasons"].items()
+        for why, n in reasons.items()
+        if key.endswith(".dropped") and not why.startswith("rejected")
+    )
     assert cut == dropped_at_shutdown > 0
     assert any(e["what"].startswith("hook bus shut down") for e in s["events"])
     for stats in s["hooks"]["subscribers"].values():
@@ -119,8 +122,10 @@ def test_shutdown_drains_with_a_deadline_and_reports_what_it_cut() -> None:
 
 
 def test_the_summary_is_json_and_deterministic_on_trio() -> None:
-    runs = [pf.run("blackfriday", phase=4, seed=11, scale=0.02, duration=2100, backend="trio", memory="off")
-            for _ in range(2)]
+    runs = [
+        pf.run("blackfriday", phase=4, seed=11, scale=0.02, duration=2100, backend="trio", memory="off")
+        for _ in range(2)
+    ]
     a, b = (json.dumps(strip_nondeterministic(r.summary), sort_keys=True) for r in runs)
     assert a == b
     assert runs[0].summary["side_effects"]["pending"] == 0
@@ -128,10 +133,9 @@ def test_the_summary_is_json_and_deterministic_on_trio() -> None:
 
 
 def test_cli_json_carries_the_hooks_section(capsys: pytest.CaptureFixture[str]) -> None:
-    from payflow_lab.cli import main
+    from payflow_lab.app.cli import main
 
-    assert main(["run", "--scenario", "normal", "--phase", "4", "--duration", "120", "--memory", "off",
-                 "--json"]) == 0
+    assert main(["run", "--scenario", "normal", "--phase", "4", "--duration", "120", "--memory", "off", "--json"]) == 0
     data = json.loads(capsys.readouterr().out)
     assert data["phase"] == 4 and data["phase_name"] == "hook_bus"
     assert set(data["hooks"]["subscribers"]) == set(SIDE_EFFECT_KINDS)
@@ -147,8 +151,10 @@ def test_black_friday_memory_stays_within_twice_a_normal_day(simulate) -> None:
     """
     bf = simulate("blackfriday", 4).summary
     normal = simulate("normal", 4, duration=70 * 60).summary
-    growth = {name: s["memory"]["peak_bytes"] - s["memory"]["start_bytes"] for name, s in
-              (("blackfriday", bf), ("normal", normal))}
+    growth = {
+        name: s["memory"]["peak_bytes"] - s["memory"]["start_bytes"]
+        for name, s in (("blackfriday", bf), ("normal", normal))
+    }
     assert bf["memory"]["how"].startswith("tracemalloc")
     assert 0 < growth["blackfriday"] <= 2 * growth["normal"], growth
     assert bf["latency_ms"]["p50"] <= 1.10 * bf["authorization_ms"]["p50"]

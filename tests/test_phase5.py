@@ -17,15 +17,16 @@ from typing import Any
 import anyio
 
 import payflow_lab as pf
-from payflow_lab.domain import Payment, Tier
-from payflow_lab.metrics import Recorder, strip_nondeterministic
+from payflow_lab.core.domain import Payment, Tier
+from payflow_lab.core.errors import Declined
+from payflow_lab.core.recorder import Recorder, strip_nondeterministic
+from payflow_lab.core.vtime import run_virtual
+from payflow_lab.core.world import World
 from payflow_lab.phases import get_phase
-from payflow_lab.phases.delivery import BREAKERS, MAX_DEFER_S
 from payflow_lab.phases.hardened import INTERNAL_KINDS, HardenedPipeline
+from payflow_lab.phases.webhook_lanes import BREAKERS, MAX_DEFER_S
 from payflow_lab.resilience import REASONS
 from payflow_lab.runner import RunConfig, RunResult, Simulation
-from payflow_lab.vtime import run_virtual
-from payflow_lab.world import Declined, World
 
 SCALE = 0.05
 START = 14 * 3600.0
@@ -48,13 +49,18 @@ def one_merchant_down() -> tuple[Simulation, RunResult, str]:
     """Five times the normal traffic; the busiest standard merchant's endpoint refuses every call."""
     world = World(seed=3, scale=SCALE, clock=lambda: START, recorder=Recorder(lambda: START))
     merchant_id = world.busiest(Tier.STANDARD).id
-    simulation, result = simulate(scenario="normal", seed=3, duration=900, faults={
-        "traffic_multiplier": 5.0, "merchants": {merchant_id: {"mode": "down"}}})
+    simulation, result = simulate(
+        scenario="normal",
+        seed=3,
+        duration=900,
+        faults={"traffic_multiplier": 5.0, "merchants": {merchant_id: {"mode": "down"}}},
+    )
     return simulation, result, merchant_id
 
 
-def drive(body: Callable[[World, HardenedPipeline], Awaitable[None]], *, scale: float = 0.1,
-          backend: str = "asyncio") -> tuple[World, HardenedPipeline]:
+def drive(
+    body: Callable[[World, HardenedPipeline], Awaitable[None]], *, scale: float = 0.1, backend: str = "asyncio"
+) -> tuple[World, HardenedPipeline]:
     """Run ``body`` against a started Phase 5 pipeline in virtual time; return the world and the pipeline."""
     box: dict[str, Any] = {}
 
@@ -74,8 +80,9 @@ def drive(body: Callable[[World, HardenedPipeline], Awaitable[None]], *, scale: 
 
 
 def payment_for(world: World, merchant_id: str, serial: int) -> Payment:
-    return Payment(id=f"pay_{serial:012x}", merchant_id=merchant_id, amount_cents=2_500, currency="USD",
-                   created_at=world.clock())
+    return Payment(
+        id=f"pay_{serial:012x}", merchant_id=merchant_id, amount_cents=2_500, currency="USD", created_at=world.clock()
+    )
 
 
 async def pay(pipeline: HardenedPipeline, payment: Payment) -> None:
@@ -113,7 +120,7 @@ def test_recovery_opens_only_the_failing_merchants_breaker() -> None:
     assert set(breakers) == {failing}
     moves = breakers[failing]["transitions"]
     assert moves[0]["from"] == "closed" and moves[0]["to"] == "open"
-    assert "14:15:00" <= moves[0]["at"] < "14:30:00"             # opened during the outage ...
+    assert "14:15:00" <= moves[0]["at"] < "14:30:00"  # opened during the outage ...
     assert moves[-1]["to"] == "closed" and moves[-1]["at"] >= "14:30:00"  # ... and closed after it
     assert breakers[failing]["state"] == "closed"
 
@@ -170,8 +177,9 @@ def test_a_single_failing_merchant_opens_only_its_own_breaker() -> None:
 
 
 def test_payments_keep_succeeding_when_every_webhook_fails() -> None:
-    _, result = simulate(scenario="normal", seed=3, duration=600,
-                         faults={"traffic_multiplier": 10.0, "webhook_error_rate": 1.0})
+    _, result = simulate(
+        scenario="normal", seed=3, duration=600, faults={"traffic_multiplier": 10.0, "webhook_error_rate": 1.0}
+    )
     s = result.summary
     assert s["payments"]["stuck"] == 0
     assert s["latency_ms"]["p50"] <= 1.10 * s["authorization_ms"]["p50"]
@@ -183,8 +191,9 @@ def test_payments_keep_succeeding_when_every_webhook_fails() -> None:
 
 
 def test_priority_lanes_keep_enterprise_fast_while_standard_endpoints_hang() -> None:
-    _, result = simulate(scenario="normal", seed=3, duration=900,
-                         faults={"traffic_multiplier": 10.0, "tier_modes": {"standard": "hang"}})
+    _, result = simulate(
+        scenario="normal", seed=3, duration=900, faults={"traffic_multiplier": 10.0, "tier_modes": {"standard": "hang"}}
+    )
     s = result.summary
     latency = s["webhook_latency_ms_by_tier"]
     assert latency["standard"]["delivered"] == 0
@@ -223,7 +232,7 @@ def test_dead_letters_keep_their_reason_and_replay_once_the_endpoint_is_back() -
         for serial in range(12):
             await pay(pipeline, payment_for(world, merchant_id, serial))
             await anyio.sleep(15)
-        await anyio.sleep(MAX_DEFER_S + 60)         # the deferred ones wait too long
+        await anyio.sleep(MAX_DEFER_S + 60)  # the deferred ones wait too long
         report["before"] = pipeline.webhooks.dead_letters.count_by_reason()
         world.faults.apply({"merchants": {merchant_id: None}})
         await anyio.sleep(BREAKERS[Tier.STANDARD].break_duration)  # the break ends: the replay's first is the probe
@@ -255,8 +264,8 @@ def test_internal_side_effects_get_a_second_try_after_the_global_timeout() -> No
     phase4 = pf.run("normal", phase=4, seed=7, scale=SCALE, memory="off").summary
     phase5 = pf.run("normal", phase=5, seed=7, scale=SCALE, memory="off").summary
     risk4, risk5 = (s["side_effects"]["by_kind"]["risk"] for s in (phase4, phase5))
-    assert risk4["failed"] > 0.15 * risk4["started"]          # the blunt 5 s limit, in Phase 4
-    assert risk5["failed"] < 0.10 * risk5["started"]          # two tries at 5 s each
+    assert risk4["failed"] > 0.15 * risk4["started"]  # the blunt 5 s limit, in Phase 4
+    assert risk5["failed"] < 0.10 * risk5["started"]  # two tries at 5 s each
     assert phase5["timeouts"]["global_s"] == 5.0
     assert phase5["timeouts"]["second_tries"]["risk"] >= risk5["failed"]
     reasons = phase5["side_effects"]["reasons"].get("risk.failed", {})
@@ -267,14 +276,31 @@ def test_internal_side_effects_get_a_second_try_after_the_global_timeout() -> No
 def test_summary_and_series_carry_the_phase_5_keys() -> None:
     _, result = recovery()
     s = result.summary
-    for key in ("breakers", "dead_letters", "recovery_seconds", "webhook_latency_ms_by_tier", "webhooks",
-                "timeouts", "hooks", "recovery"):
+    for key in (
+        "breakers",
+        "dead_letters",
+        "recovery_seconds",
+        "webhook_latency_ms_by_tier",
+        "webhooks",
+        "timeouts",
+        "hooks",
+        "recovery",
+    ):
         assert key in s, key
     for moves in s["breakers"].values():
         assert all(len(m["at"]) == 8 and m["at"].count(":") == 2 for m in moves["transitions"])
     series = result.series
-    for column in ("breakers_open", "deferred_webhooks", "webhooks_delivered", "webhook_retries", "dead_letters",
-                   "lane_enterprise", "lane_premium", "lane_standard", "queue_audit"):
+    for column in (
+        "breakers_open",
+        "deferred_webhooks",
+        "webhooks_delivered",
+        "webhook_retries",
+        "dead_letters",
+        "lane_enterprise",
+        "lane_premium",
+        "lane_standard",
+        "queue_audit",
+    ):
         assert len(series[column]) == len(series["t"]) and None not in series[column], column
     assert max(series["breakers_open"]) == 1 and max(series["deferred_webhooks"]) > 10
     assert series["deferred_webhooks"][-1] == 0
@@ -283,8 +309,9 @@ def test_summary_and_series_carry_the_phase_5_keys() -> None:
 
 
 def test_phase_5_is_deterministic_on_trio() -> None:
-    runs = [pf.run("recovery", phase=5, seed=4, scale=0.02, duration=1500, backend="trio", memory="off")
-            for _ in range(2)]
+    runs = [
+        pf.run("recovery", phase=5, seed=4, scale=0.02, duration=1500, backend="trio", memory="off") for _ in range(2)
+    ]
     a, b = (json.dumps(strip_nondeterministic({**r.summary, "series": r.series}), sort_keys=True) for r in runs)
     assert a == b
     assert runs[0].summary["side_effects"]["pending"] == 0
@@ -294,8 +321,9 @@ def test_webhook_jobs_carry_their_history() -> None:
     _, result = recovery()
     by_tier = result.summary["webhooks"]["by_tier"]
     for tier, counts in by_tier.items():
-        assert counts["delivered"] == (counts["delivered_first_attempt"] + counts["delivered_after_retry"]
-                                       + counts["delivered_after_deferral"]), tier
+        assert counts["delivered"] == (
+            counts["delivered_first_attempt"] + counts["delivered_after_retry"] + counts["delivered_after_deferral"]
+        ), tier
         assert counts["emitted"] == counts["delivered"] + counts["dead_lettered"], tier
 
 
@@ -325,7 +353,8 @@ def test_a_first_attempt_that_succeeds_never_enters_tenacity(monkeypatch: Any) -
 def test_a_first_failure_is_handed_to_tenacity_as_attempt_one() -> None:
     import random
 
-    from payflow_lab.resilience import RetryBudget, RetryExhausted, RetryPolicy
+    from payflow_lab.core.errors import RetryExhausted
+    from payflow_lab.resilience import RetryBudget, RetryPolicy
 
     calls: list[float] = []
 

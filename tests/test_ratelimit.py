@@ -9,10 +9,11 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from payflow_lab.calibration import TIERS
-from payflow_lab.domain import EndpointProfile, Merchant, MerchantDirectory, Tier, ValidationError
-from payflow_lab.resilience import KeyedRateLimiter, RateLimit, RateLimited, TokenBucket
-from payflow_lab.vtime import BACKENDS, run_virtual
+from payflow_lab.core.calibration import TIERS
+from payflow_lab.core.domain import EndpointProfile, Merchant, MerchantDirectory, Tier
+from payflow_lab.core.errors import RateLimited, ValidationError
+from payflow_lab.core.vtime import BACKENDS, run_virtual
+from payflow_lab.resilience import KeyedRateLimiter, RateLimit, TokenBucket
 
 
 class FakeClock:
@@ -25,16 +26,29 @@ class FakeClock:
 
 def merchant(serial: int, tier: Tier) -> Merchant:
     profile = TIERS[tier]
-    return Merchant(id=f"mch_{serial:05d}", name=f"Shop {serial}", tier=tier,
-                    endpoint=EndpointProfile(median_latency_s=1.0),
-                    webhook_rate_per_s=profile.webhook_rate_per_s, webhook_burst=profile.webhook_burst)
+    return Merchant(
+        id=f"mch_{serial:05d}",
+        name=f"Shop {serial}",
+        tier=tier,
+        endpoint=EndpointProfile(median_latency_s=1.0),
+        webhook_rate_per_s=profile.webhook_rate_per_s,
+        webhook_burst=profile.webhook_burst,
+    )
 
 
 # ------------------------------------------------------------------ configuration
-@pytest.mark.parametrize(("rate", "burst", "field"), [
-    (0, 5, "rate_per_s"), (-1.0, 5, "rate_per_s"), (float("inf"), 5, "rate_per_s"), ("2", 5, "rate_per_s"),
-    (2.0, 0, "burst"), (2.0, 1.5, "burst"), (2.0, True, "burst"),
-])
+@pytest.mark.parametrize(
+    ("rate", "burst", "field"),
+    [
+        (0, 5, "rate_per_s"),
+        (-1.0, 5, "rate_per_s"),
+        (float("inf"), 5, "rate_per_s"),
+        ("2", 5, "rate_per_s"),
+        (2.0, 0, "burst"),
+        (2.0, 1.5, "burst"),
+        (2.0, True, "burst"),
+    ],
+)
 def test_bad_limits_are_refused_naming_the_setting(rate: object, burst: object, field: str) -> None:
     with pytest.raises(ValidationError) as caught:
         TokenBucket(rate, burst)  # type: ignore[arg-type]
@@ -78,7 +92,7 @@ def test_starts_full_then_refills_at_the_rate_up_to_the_burst() -> None:
     clock.now = 0.5
     assert bucket.try_acquire()
     clock.now = 1000.0
-    assert bucket.tokens == 5.0                       # never more than the burst
+    assert bucket.tokens == 5.0  # never more than the burst
     assert (bucket.granted, bucket.rejected) == (6, 6)
 
 
@@ -95,8 +109,9 @@ def test_reading_tokens_is_pure() -> None:
 
 
 @settings(max_examples=60, deadline=None)
-@given(rate=st.floats(0.1, 50.0), burst=st.integers(1, 50),
-       steps=st.lists(st.floats(0.0, 3.0), min_size=1, max_size=200))
+@given(
+    rate=st.floats(0.1, 50.0), burst=st.integers(1, 50), steps=st.lists(st.floats(0.0, 3.0), min_size=1, max_size=200)
+)
 def test_no_span_gets_more_than_burst_plus_rate_times_duration(rate: float, burst: int, steps: list[float]) -> None:
     """A greedy caller polling at random instants: granted within [0, T] <= burst + rate * T, whatever the pattern."""
     clock = FakeClock()
@@ -120,7 +135,7 @@ def test_a_greedy_poller_gets_burst_plus_rate_times_t() -> None:
     clock = FakeClock()
     bucket = TokenBucket(3.0, 7, clock=clock)
     granted = 0
-    for tick in range(1, 36_001):                   # an hour, polled every 0.1 s
+    for tick in range(1, 36_001):  # an hour, polled every 0.1 s
         while bucket.try_acquire():
             granted += 1
         clock.now = tick * 0.1
@@ -153,7 +168,7 @@ def test_an_hour_at_the_enterprise_rate() -> None:
         bucket = TokenBucket(limit.rate_per_s, limit.burst)
         delivered = 0
 
-        async def worker() -> None:               # four workers share the merchant's bucket
+        async def worker() -> None:  # four workers share the merchant's bucket
             nonlocal delivered
             while True:
                 await bucket.acquire()
@@ -200,8 +215,8 @@ def test_a_cancelled_waiter_gives_its_reservation_back(backend: str) -> None:
         bucket = TokenBucket(1.0, 1)
         await bucket.acquire()
         with anyio.move_on_after(0.25):
-            await bucket.acquire()                 # would have waited until t=1
-        after_cancel = bucket.tokens               # the reservation is back: 0.25 refilled, nothing owed
+            await bucket.acquire()  # would have waited until t=1
+        after_cancel = bucket.tokens  # the reservation is back: 0.25 refilled, nothing owed
         waited = await bucket.acquire()
         return after_cancel, waited
 
@@ -233,15 +248,15 @@ def test_keyed_limiter_gives_each_merchant_its_tier_limits() -> None:
     clock = FakeClock()
     directory = MerchantDirectory([merchant(1, Tier.ENTERPRISE), merchant(2, Tier.STANDARD)])
     limiter = KeyedRateLimiter.for_merchants(directory, clock=clock)
-    assert len(limiter) == 0                        # buckets are created lazily
+    assert len(limiter) == 0  # buckets are created lazily
     assert sum(limiter.try_acquire("mch_00001") for _ in range(100)) == 40
     assert sum(limiter.try_acquire("mch_00002") for _ in range(100)) == 5
     assert limiter.retry_after("mch_00002") == pytest.approx(0.5)
     assert list(limiter) == ["mch_00001", "mch_00002"]
     with pytest.raises(ValidationError):
-        limiter.try_acquire("mch_09999")             # unknown merchant: the directory says so
+        limiter.try_acquire("mch_09999")  # unknown merchant: the directory says so
     clock.now = 1.0
-    assert limiter.prune() == 0                      # neither bucket is full yet
+    assert limiter.prune() == 0  # neither bucket is full yet
     clock.now = 10.0
     assert limiter.prune() == 2 and len(limiter) == 0
     assert sum(limiter.try_acquire("mch_00002") for _ in range(100)) == 5  # a fresh bucket is a full one
@@ -250,5 +265,5 @@ def test_keyed_limiter_gives_each_merchant_its_tier_limits() -> None:
 def test_keyed_limiter_with_one_limit_for_all() -> None:
     clock = FakeClock()
     limiter: KeyedRateLimiter[str] = KeyedRateLimiter(RateLimit(1.0, 2), clock=clock)
-    assert [limiter.try_acquire(k) for k in "aab" "ab"] == [True, True, True, False, True]
+    assert [limiter.try_acquire(k) for k in "aabab"] == [True, True, True, False, True]
     assert math.isclose(limiter.bucket("a").tokens, 0.0)

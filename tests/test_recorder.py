@@ -8,8 +8,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from payflow_lab.domain import Payment
-from payflow_lab.metrics import MemoryProbe, Recorder, hhmmss, percentile
+from payflow_lab.core.domain import Payment
+from payflow_lab.core.recorder import MemoryProbe, Recorder, hhmmss, percentile
 
 
 class Clock:
@@ -153,12 +153,12 @@ def test_a_second_sampled_twice_is_one_row_with_both_samples_counts():
     rec.sample(0, 0)
     clock.now += 1.0
     rec.payment_started(payment(1))
-    rec.sample(3, 0)                       # the ticker's row for this second
+    rec.sample(3, 0)  # the ticker's row for this second
     rec.payment_started(payment(2))
     clock.now += 0.25
     rec.payment_completed(payment(1))
-    rec.sample(0, 0)                       # the run ends a quarter of a second later: the same second
-    assert rec.series["t"] == [0.0, 1.0]   # one row per second, labelled with its second
+    rec.sample(0, 0)  # the run ends a quarter of a second later: the same second
+    assert rec.series["t"] == [0.0, 1.0]  # one row per second, labelled with its second
     assert rec.series["arrivals"] == [0, 2]
     assert rec.series["completed"] == [0, 1]
     assert rec.series["db_in_use"] == [0, 0] and rec.series["in_flight_payments"] == [0, 1]

@@ -8,7 +8,8 @@ import pytest
 from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
-from payflow_lab.domain import ValidationError
+from payflow_lab.core.errors import RetryExhausted, ValidationError
+from payflow_lab.core.vtime import run_virtual
 from payflow_lab.resilience import (
     BreakerConfig,
     InMemoryDeadLetters,
@@ -16,11 +17,9 @@ from payflow_lab.resilience import (
     KeyedRateLimiter,
     RateLimit,
     RetryBudget,
-    RetryExhausted,
     RetryPolicy,
 )
-from payflow_lab.resilience.metrics import ResilienceCollector, resilience_registry
-from payflow_lab.vtime import run_virtual
+from payflow_lab.resilience.collector import ResilienceCollector, resilience_registry
 
 
 class FakeClock:
@@ -43,7 +42,8 @@ def samples(registry: object) -> dict[tuple[str, tuple[tuple[str, str], ...]], f
 def test_scraped_metrics_match_what_the_parts_did() -> None:
     clock = FakeClock()
     breakers: KeyedCircuitBreaker[str] = KeyedCircuitBreaker(
-        BreakerConfig(failure_ratio=None, consecutive_failures=2, break_duration=5.0), clock=clock)
+        BreakerConfig(failure_ratio=None, consecutive_failures=2, break_duration=5.0), clock=clock
+    )
     for _ in range(3):
         permit = breakers["mch_00002"].allow()
         if permit is not None:
@@ -70,18 +70,30 @@ def test_scraped_metrics_match_what_the_parts_did() -> None:
                 await policy.run(down)
 
     run_virtual(deliver_twice)
-    registry, _ = resilience_registry(breakers=breakers, limiters=limiters, retries={"webhook": policy},
-                                      budgets={"webhook": budget}, dead_letters=letters)
+    registry, _ = resilience_registry(
+        breakers=breakers,
+        limiters=limiters,
+        retries={"webhook": policy},
+        budgets={"webhook": budget},
+        dead_letters=letters,
+    )
     got = samples(registry)
     assert got[("payflow_circuit_breaker_state", (("breaker", "mch_00002"), ("state", "open")))] == 1.0
     assert got[("payflow_circuit_breaker_state", (("breaker", "mch_00002"), ("state", "closed")))] == 0.0
     assert got[("payflow_circuit_breaker_state", (("breaker", "mch_00001"), ("state", "closed")))] == 1.0
-    assert got[("payflow_circuit_breaker_transitions_total",
-                (("breaker", "mch_00002"), ("from_state", "closed"), ("to_state", "open")))] == 1.0
+    assert (
+        got[
+            (
+                "payflow_circuit_breaker_transitions_total",
+                (("breaker", "mch_00002"), ("from_state", "closed"), ("to_state", "open")),
+            )
+        ]
+        == 1.0
+    )
     assert got[("payflow_circuit_breaker_calls_total", (("breaker", "mch_00002"), ("decision", "rejected")))] == 1.0
     assert got[("payflow_rate_limiter_requests_total", (("key", "mch_00001"), ("result", "immediate")))] == 2.0
     assert got[("payflow_rate_limiter_requests_total", (("key", "mch_00001"), ("result", "rejected")))] == 1.0
-    assert got[("payflow_retry_attempts_total", (("policy", "webhook"),))] == 2 + 2   # 2 calls, 2 retries paid for
+    assert got[("payflow_retry_attempts_total", (("policy", "webhook"),))] == 2 + 2  # 2 calls, 2 retries paid for
     assert got[("payflow_retries_total", (("policy", "webhook"),))] == 2.0
     assert got[("payflow_retry_giveups_total", (("policy", "webhook"), ("reason", "retries_exhausted")))] == 1.0
     assert got[("payflow_retry_giveups_total", (("policy", "webhook"), ("reason", "retry_budget_empty")))] == 1.0
@@ -96,11 +108,12 @@ def test_scrapes_follow_the_parts_and_each_run_has_its_own_registry() -> None:
     clock = FakeClock()
     limiters: KeyedRateLimiter[str] = KeyedRateLimiter(RateLimit(1.0, 1), clock=clock)
     first, _ = resilience_registry(limiters=limiters)
-    second, _ = resilience_registry(limiters=limiters)   # a rerun cell: no duplicate-metric error
+    second, _ = resilience_registry(limiters=limiters)  # a rerun cell: no duplicate-metric error
     assert samples(first) == samples(second) and not any(k[0].startswith("payflow_rate") for k in samples(first))
     limiters.try_acquire("mch_00009")
-    assert samples(first)[("payflow_rate_limiter_requests_total",
-                           (("key", "mch_00009"), ("result", "immediate")))] == 1.0
+    assert (
+        samples(first)[("payflow_rate_limiter_requests_total", (("key", "mch_00009"), ("result", "immediate")))] == 1.0
+    )
 
 
 def test_bad_parts_are_refused_at_construction() -> None:

@@ -10,17 +10,16 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from payflow_lab.domain import ValidationError
+from payflow_lab.core.errors import RetryExhausted, ValidationError
+from payflow_lab.core.vtime import BACKENDS, run_virtual
 from payflow_lab.resilience import (
     RETRIES_EXHAUSTED,
     RETRY_BUDGET_EMPTY,
     DecorrelatedJitter,
     FullJitter,
     RetryBudget,
-    RetryExhausted,
     RetryPolicy,
 )
-from payflow_lab.vtime import BACKENDS, run_virtual
 
 
 class EndpointDown(Exception):
@@ -42,23 +41,26 @@ class Endpoint:
 
 
 # ------------------------------------------------------------------ configuration
-@pytest.mark.parametrize(("kwargs", "field"), [
-    ({"max_attempts": 0}, "max_attempts"),
-    ({"max_attempts": 2.5}, "max_attempts"),
-    ({"base_delay": 0}, "base_delay"),
-    ({"base_delay": -1}, "base_delay"),
-    ({"max_delay": 0.1, "base_delay": 1.0}, "max_delay"),
-    ({"max_delay": float("inf")}, "max_delay"),
-    ({"jitter": "equal"}, "jitter"),
-    ({"rng": None}, "rng"),
-    ({"rng": random}, "rng"),                    # the global module is exactly what must not be used
-    ({"jitter": "decorrelated", "rng": 42}, "rng"),
-    ({"budget": 10}, "budget"),
-    ({"retry_on": BaseException}, "retry_on"),   # would retry cancellation
-    ({"retry_on": (OSError, KeyboardInterrupt)}, "retry_on"),
-    ({"retry_on": "OSError"}, "retry_on"),
-    ({"on_retry": "print"}, "on_retry"),
-])
+@pytest.mark.parametrize(
+    ("kwargs", "field"),
+    [
+        ({"max_attempts": 0}, "max_attempts"),
+        ({"max_attempts": 2.5}, "max_attempts"),
+        ({"base_delay": 0}, "base_delay"),
+        ({"base_delay": -1}, "base_delay"),
+        ({"max_delay": 0.1, "base_delay": 1.0}, "max_delay"),
+        ({"max_delay": float("inf")}, "max_delay"),
+        ({"jitter": "equal"}, "jitter"),
+        ({"rng": None}, "rng"),
+        ({"rng": random}, "rng"),  # the global module is exactly what must not be used
+        ({"jitter": "decorrelated", "rng": 42}, "rng"),
+        ({"budget": 10}, "budget"),
+        ({"retry_on": BaseException}, "retry_on"),  # would retry cancellation
+        ({"retry_on": (OSError, KeyboardInterrupt)}, "retry_on"),
+        ({"retry_on": "OSError"}, "retry_on"),
+        ({"on_retry": "print"}, "on_retry"),
+    ],
+)
 def test_bad_policies_are_refused_naming_the_setting(kwargs: dict[str, object], field: str) -> None:
     options: dict[str, object] = {"rng": random.Random(0), **kwargs}
     with pytest.raises(ValidationError) as caught:
@@ -70,11 +72,18 @@ def test_no_rng_is_needed_without_jitter() -> None:
     assert RetryPolicy(jitter="none").jitter == "none"
 
 
-@pytest.mark.parametrize(("kwargs", "field"), [
-    ({"ratio": -0.1}, "ratio"), ({"ratio": 1.5}, "ratio"), ({"max_tokens": 0.5}, "max_tokens"),
-    ({"initial_tokens": 11.0}, "initial_tokens"), ({"initial_tokens": -1}, "initial_tokens"),
-    ({"refill_per_s": -1}, "refill_per_s"), ({"clock": "now"}, "clock"),
-])
+@pytest.mark.parametrize(
+    ("kwargs", "field"),
+    [
+        ({"ratio": -0.1}, "ratio"),
+        ({"ratio": 1.5}, "ratio"),
+        ({"max_tokens": 0.5}, "max_tokens"),
+        ({"initial_tokens": 11.0}, "initial_tokens"),
+        ({"initial_tokens": -1}, "initial_tokens"),
+        ({"refill_per_s": -1}, "refill_per_s"),
+        ({"clock": "now"}, "clock"),
+    ],
+)
 def test_bad_budgets_are_refused_naming_the_setting(kwargs: dict[str, object], field: str) -> None:
     with pytest.raises(ValidationError) as caught:
         RetryBudget(**kwargs)  # type: ignore[arg-type]
@@ -83,10 +92,15 @@ def test_bad_budgets_are_refused_naming_the_setting(kwargs: dict[str, object], f
 
 # ------------------------------------------------------------------ jitter bounds (property-based)
 @settings(max_examples=200, deadline=None)
-@given(base=st.floats(0.001, 10.0), cap_factor=st.floats(1.0, 1000.0), retry=st.integers(0, 3000),
-       seed=st.integers(0, 2**32))
-def test_full_jitter_stays_within_zero_and_the_capped_exponential(base: float, cap_factor: float, retry: int,
-                                                                   seed: int) -> None:
+@given(
+    base=st.floats(0.001, 10.0),
+    cap_factor=st.floats(1.0, 1000.0),
+    retry=st.integers(0, 3000),
+    seed=st.integers(0, 2**32),
+)
+def test_full_jitter_stays_within_zero_and_the_capped_exponential(
+    base: float, cap_factor: float, retry: int, seed: int
+) -> None:
     cap = base * cap_factor
     wait = FullJitter(base, cap, random.Random(seed))
     ceiling = min(cap, base * 2.0 ** min(retry, 1000))
@@ -96,10 +110,15 @@ def test_full_jitter_stays_within_zero_and_the_capped_exponential(base: float, c
 
 
 @settings(max_examples=200, deadline=None)
-@given(base=st.floats(0.001, 10.0), cap_factor=st.floats(1.0, 1000.0), previous=st.none() | st.floats(0.0, 1e4),
-       seed=st.integers(0, 2**32))
+@given(
+    base=st.floats(0.001, 10.0),
+    cap_factor=st.floats(1.0, 1000.0),
+    previous=st.none() | st.floats(0.0, 1e4),
+    seed=st.integers(0, 2**32),
+)
 def test_decorrelated_jitter_stays_within_base_and_three_times_the_previous(
-        base: float, cap_factor: float, previous: float | None, seed: int) -> None:
+    base: float, cap_factor: float, previous: float | None, seed: int
+) -> None:
     cap = base * cap_factor
     wait = DecorrelatedJitter(base, cap, random.Random(seed))
     prev = base if previous is None else max(base, previous)
@@ -115,8 +134,14 @@ def test_sleeps_in_a_real_retry_loop_respect_the_bounds_and_are_virtual(backend:
 
     async def main() -> tuple[RetryExhausted, Endpoint]:
         endpoint = Endpoint()
-        policy = RetryPolicy(max_attempts=10, base_delay=base, max_delay=cap, jitter=jitter, rng=random.Random(7),
-                             on_retry=lambda attempt, error, delay: delays.append((attempt, delay)))
+        policy = RetryPolicy(
+            max_attempts=10,
+            base_delay=base,
+            max_delay=cap,
+            jitter=jitter,
+            rng=random.Random(7),
+            on_retry=lambda attempt, error, delay: delays.append((attempt, delay)),
+        )
         with pytest.raises(RetryExhausted) as caught:
             await policy.run(endpoint)
         return caught.value, endpoint
@@ -127,11 +152,11 @@ def test_sleeps_in_a_real_retry_loop_respect_the_bounds_and_are_virtual(backend:
     for attempt, delay in delays:
         n = attempt - 1
         if jitter == "full":
-            assert 0.0 <= delay <= min(cap, base * 2 ** n)
+            assert 0.0 <= delay <= min(cap, base * 2**n)
         elif jitter == "decorrelated":
             assert base <= delay <= min(cap, 3 * previous)
         else:
-            assert delay == min(cap, base * 2 ** n)
+            assert delay == min(cap, base * 2**n)
         previous = delay
     # the sleeps happened in virtual time: the gaps between calls are exactly the delays
     gaps = [b - a for a, b in itertools.pairwise(endpoint.calls)]
@@ -147,8 +172,9 @@ def test_jitter_draws_only_from_the_injected_rng() -> None:
         delays: list[float] = []
 
         async def main() -> None:
-            policy = RetryPolicy(max_attempts=6, rng=random.Random(seed),
-                                 on_retry=lambda attempt, error, delay: delays.append(delay))
+            policy = RetryPolicy(
+                max_attempts=6, rng=random.Random(seed), on_retry=lambda attempt, error, delay: delays.append(delay)
+            )
             with pytest.raises(RetryExhausted):
                 await policy.run(Endpoint())
 
@@ -252,18 +278,19 @@ def test_a_dead_endpoint_gets_no_retry_storm_with_a_budget(backend: str) -> None
         return len(endpoint.calls), policy.exhausted
 
     calls, _ = run_virtual(main, None, backend=backend)
-    assert calls == 200 * 5                                   # without a budget: five times the traffic
+    assert calls == 200 * 5  # without a budget: five times the traffic
     budget = RetryBudget(ratio=0.1, max_tokens=10)
     calls, exhausted = run_virtual(main, budget, backend=backend)
-    assert calls == 200 + 10                                  # with one: the first attempts and 10 retries
+    assert calls == 200 + 10  # with one: the first attempts and 10 retries
     assert exhausted == {RETRIES_EXHAUSTED: 0, RETRY_BUDGET_EMPTY: 200}
     assert budget.tokens == 0 and budget.withdrawals == 10 and budget.refusals == 200
 
 
 @settings(max_examples=40, deadline=None)
 @given(calls=st.integers(1, 60), max_attempts=st.integers(1, 6), tokens=st.integers(1, 30))
-def test_total_attempts_on_a_dead_endpoint_are_bounded_by_the_budget(calls: int, max_attempts: int,
-                                                                     tokens: int) -> None:
+def test_total_attempts_on_a_dead_endpoint_are_bounded_by_the_budget(
+    calls: int, max_attempts: int, tokens: int
+) -> None:
     async def main() -> int:
         endpoint = Endpoint()
         policy = RetryPolicy(max_attempts=max_attempts, rng=random.Random(0), budget=RetryBudget(max_tokens=tokens))
@@ -310,7 +337,7 @@ def test_refill_per_second_trickles_in_on_the_clock(backend: str) -> None:
         await anyio.sleep(0.1)
         results.append(budget.try_withdraw())
         await anyio.sleep(100)
-        results.extend(budget.try_withdraw() for _ in range(4))   # capped at max_tokens
+        results.extend(budget.try_withdraw() for _ in range(4))  # capped at max_tokens
         return results
 
     assert run_virtual(main, backend=backend) == [False, False, True, True, True, True, False]

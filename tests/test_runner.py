@@ -10,10 +10,11 @@ import anyio
 import pytest
 
 import payflow_lab as pf
-from payflow_lab.domain import Payment, ValidationError
-from payflow_lab.metrics import strip_nondeterministic
+from payflow_lab.core.domain import Payment
+from payflow_lab.core.errors import ValidationError
+from payflow_lab.core.recorder import strip_nondeterministic
+from payflow_lab.core.vtime import VirtualTimeLoop, run_virtual
 from payflow_lab.runner import Controls, RunConfig, Simulation, run_config
-from payflow_lab.vtime import VirtualTimeLoop, run_virtual
 
 
 @pytest.mark.parametrize("backend", ["asyncio", "trio"])
@@ -79,7 +80,8 @@ def test_run_works_inside_a_running_event_loop():
     assert result.summary["payments"]["attempted"] > 0
     assert result.summary == pf.run("normal", phase=1, seed=2, duration=120, memory="off").summary | {
         "wall_seconds": result.summary["wall_seconds"],
-        "payments_per_wall_second": result.summary["payments_per_wall_second"]}
+        "payments_per_wall_second": result.summary["payments_per_wall_second"],
+    }
 
 
 @pytest.mark.parametrize("backend", ["asyncio", "trio"])
@@ -117,7 +119,7 @@ def test_run_async_does_not_block_the_callers_loop(backend):
         ({"scale": float("nan")}, "scale"),
         ({"backend": "curio"}, "backend"),
         ({"duration": 0}, "duration"),
-        ({"duration": 10 ** 9}, "duration"),
+        ({"duration": 10**9}, "duration"),
         ({"memory": "valgrind"}, "memory"),
         ({"faults": {"webhook_error_rate": 2}}, "webhook_error_rate"),
     ],
@@ -136,15 +138,25 @@ def test_submit_validates_before_recording_anything():
             return
         recorder = simulation.recorder
         before = recorder.attempted
-        bad = Payment(id="pay_00000000beef", merchant_id="mch_99999", amount_cents=100, currency="USD",
-                      created_at=simulation.world.clock())
+        bad = Payment(
+            id="pay_00000000beef",
+            merchant_id="mch_99999",
+            amount_cents=100,
+            currency="USD",
+            created_at=simulation.world.clock(),
+        )
         with pytest.raises(ValidationError, match="merchant_id"):
             simulation.submit(bad)
         with pytest.raises(ValidationError, match="Payment"):
             simulation.submit({"amount_cents": 100})
         seen["unchanged"] = recorder.attempted == before and recorder.in_flight_payments == 0
-        good = Payment(id="pay_00000000cafe", merchant_id="mch_00001", amount_cents=100, currency="USD",
-                       created_at=simulation.world.clock())
+        good = Payment(
+            id="pay_00000000cafe",
+            merchant_id="mch_00001",
+            amount_cents=100,
+            currency="USD",
+            created_at=simulation.world.clock(),
+        )
         simulation.submit(good)
         seen["recorded"] = recorder.attempted == before + 1
         with pytest.raises(ValidationError, match="id: payment pay_00000000cafe is already in flight"):
@@ -175,8 +187,10 @@ def test_custom_scenarios_are_accepted():
 @pytest.mark.parametrize(
     ("options", "words"),
     [
-        ({"steps": (pf.Step(at=50_700, what="boom", changes={"webhook_error_rate": 5}),)},
-         "scenario.steps: step 'boom' at 50700: webhook_error_rate"),
+        (
+            {"steps": (pf.Step(at=50_700, what="boom", changes={"webhook_error_rate": 5}),)},
+            "scenario.steps: step 'boom' at 50700: webhook_error_rate",
+        ),
         ({"steps": (pf.Step(at=float("nan"), what="when?", changes={}),)}, "scenario.steps: step 'when?': at"),
         ({"initial": {"traffic_multiplier": -1}}, "scenario.initial: traffic_multiplier"),
         ({"start": True}, "scenario.start"),
@@ -192,8 +206,13 @@ def test_an_error_inside_the_run_is_raised_as_itself(backend):
     def broken(world):
         raise ValidationError("merchants", "this step is broken")
 
-    scenario = pf.Scenario(name="broken", title="broken", start=50_400.0, duration=600.0,
-                           steps=(pf.Step(at=50_500.0, what="breaks", changes=broken),))
+    scenario = pf.Scenario(
+        name="broken",
+        title="broken",
+        start=50_400.0,
+        duration=600.0,
+        steps=(pf.Step(at=50_500.0, what="breaks", changes=broken),),
+    )
     with pytest.raises(ValidationError, match="this step is broken"):
         pf.run(scenario, memory="off", backend=backend)
 
@@ -290,13 +309,14 @@ def test_a_variant_pipeline_can_stand_in_for_a_phase():
     assert "webhook" not in variant["side_effects"]["by_kind"]
     with pytest.raises(ValidationError, match="pipeline_cls"):
         pf.run("normal", phase=1, duration=10, pipeline_cls=dict)
-    from_async = anyio.run(lambda: pf.run_async("normal", phase=1, seed=3, duration=600, memory="off",
-                                                pipeline_cls=WithoutWebhooks))
+    from_async = anyio.run(
+        lambda: pf.run_async("normal", phase=1, seed=3, duration=600, memory="off", pipeline_cls=WithoutWebhooks)
+    )
     assert strip_nondeterministic(from_async.summary) == strip_nondeterministic(variant)
 
 
 def test_in_virtual_time_works_inside_a_running_loop():
-    from payflow_lab.vtime import in_virtual_time
+    from payflow_lab.core.vtime import in_virtual_time
 
     async def an_hour():
         await anyio.sleep(3600)

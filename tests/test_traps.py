@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from payflow_lab.traps import demonstrate
+from payflow_lab.lab.traps import demonstrate
 
 
 def test_an_unreferenced_task_waiting_on_an_unreachable_event_is_collected_mid_flight():

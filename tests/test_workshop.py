@@ -8,9 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from payflow_lab import workshop
-from payflow_lab.cli import main
-from payflow_lab.workshop import FIRST_LESSON, MANIFEST, EditedLessons, copy_lessons, plan_copy, shipped_files
+from payflow_lab.app import workshop
+from payflow_lab.app.cli import main
+from payflow_lab.app.workshop import FIRST_LESSON, MANIFEST, copy_lessons, plan_copy, shipped_files
+from payflow_lab.core.errors import EditedLessons
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -38,7 +39,7 @@ def test_copy_into_a_new_folder_and_print_how_to_open_it(tmp_path: Path, capsys:
         assert (dest / name).read_bytes() == data
     manifest = json.loads((dest / MANIFEST).read_text())
     assert set(manifest["files"]) == set(shipped_files())
-    command = shlex.split(out[out.index("Open it with:"):].splitlines()[2])
+    command = shlex.split(out[out.index("Open it with:") :].splitlines()[2])
     assert command[1:3] == ["lab", f"--notebook-dir={dest}"]
     assert command[-1] == str(dest / FIRST_LESSON)
     assert "--LabApp.extension_manager=readonly" in command
@@ -52,16 +53,18 @@ def test_a_second_copy_changes_nothing(tmp_path: Path, capsys: pytest.CaptureFix
     assert "copied" not in out
     plan = plan_copy(tmp_path)
     assert plan.up_to_date == list(shipped_files()) and not (plan.new or plan.untouched or plan.edited)
-    assert {p: p.stat().st_mtime_ns for p in tmp_path.iterdir() if p.name != MANIFEST} == \
-        {p: t for p, t in before.items() if p.name != MANIFEST}
+    assert {p: p.stat().st_mtime_ns for p in tmp_path.iterdir() if p.name != MANIFEST} == {
+        p: t for p, t in before.items() if p.name != MANIFEST
+    }
 
 
-def test_an_edited_lesson_stops_the_copy_before_anything_is_written(tmp_path: Path,
-                                                                    capsys: pytest.CaptureFixture[str]) -> None:
+def test_an_edited_lesson_stops_the_copy_before_anything_is_written(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     copy_lessons(tmp_path)
     edited = tmp_path / "01_synchronous.ipynb"
     edited.write_text(edited.read_text() + "\n")  # the learner's work
-    (tmp_path / "FACILITATOR.md").unlink()          # would be copied again, were anything written
+    (tmp_path / "FACILITATOR.md").unlink()  # would be copied again, were anything written
     status, out, err = lessons_cli(capsys, str(tmp_path))
     assert status == 1 and out == ""
     assert "01_synchronous.ipynb" in err and "--force" in err and "Nothing was written" in err

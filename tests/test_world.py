@@ -8,12 +8,13 @@ import statistics
 import anyio
 import pytest
 
-from payflow_lab import calibration as cal
-from payflow_lab.db import ConnectionPool, PoolTimeout
-from payflow_lab.domain import Payment, Tier, ValidationError
-from payflow_lab.metrics import Recorder
-from payflow_lab.vtime import run_virtual
-from payflow_lab.world import Declined, EndpointError, World
+from payflow_lab.core import calibration as cal
+from payflow_lab.core.db import ConnectionPool
+from payflow_lab.core.domain import Payment, Tier
+from payflow_lab.core.errors import Declined, EndpointError, PoolTimeout, ValidationError
+from payflow_lab.core.recorder import Recorder
+from payflow_lab.core.vtime import run_virtual
+from payflow_lab.core.world import World
 
 START = 14 * 3600.0
 
@@ -111,8 +112,9 @@ def test_side_effect_durations_match_the_story():
 def test_endpoint_modes_behave_as_documented():
     async def main():
         world = make_world()
-        payment = next(p for p in (world.new_payment() for _ in range(100))
-                       if world.merchants[p.merchant_id].tier is Tier.STANDARD)
+        payment = next(
+            p for p in (world.new_payment() for _ in range(100)) if world.merchants[p.merchant_id].tier is Tier.STANDARD
+        )
         results = {}
         world.faults.apply({"tier_modes": {"standard": "down"}})
         started = anyio.current_time()
@@ -205,7 +207,7 @@ class TestConnectionPool:
             return stuck, pool.in_use, anyio.current_time()
 
         stuck, in_use, now = run_virtual(main, backend="trio")
-        assert stuck == 2          # both requests hold one and wait for another
+        assert stuck == 2  # both requests hold one and wait for another
         assert now == pytest.approx(3600.0)
 
     @pytest.mark.parametrize("size", [0, -1, 1.5, True])
@@ -221,7 +223,7 @@ class TestConnectionPool:
 def test_lognormal_calibration_mean_formula():
     # The documentation's claim: a log-normal with median m and sigma s has mean m * exp(s^2 / 2).
     dist = cal.SIDE_EFFECTS["risk"]
-    assert dist.median * math.exp(dist.sigma ** 2 / 2) == pytest.approx(3.0 * 1.2352, rel=1e-3)
+    assert dist.median * math.exp(dist.sigma**2 / 2) == pytest.approx(3.0 * 1.2352, rel=1e-3)
 
 
 def test_no_traffic_means_no_payments():

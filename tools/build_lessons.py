@@ -207,21 +207,23 @@ def wall_clock_patterns(config: Path = LESSONS / "sanitize.cfg") -> list[tuple[r
     """The wall-clock sanitizers of nbval's ``sanitize.cfg``: the same figures vary between builds."""
     parser = configparser.ConfigParser()
     parser.read(config, encoding="utf-8")
-    return [(re.compile(parser[name]["regex"]), parser[name]["replace"]) for name in WALL_CLOCK_SANITIZERS
-            if name in parser]
+    return [
+        (re.compile(parser[name]["regex"]), parser[name]["replace"]) for name in WALL_CLOCK_SANITIZERS if name in parser
+    ]
 
 
 def _memory_close(a: str, b: str) -> bool:
     """Two printed memory figures ("44.3", "44.4") within :data:`MEMORY_TOLERANCE` or one unit of the last digit."""
     x, y = float(a.replace(",", "")), float(b.replace(",", ""))
     decimals = max(len(a.partition(".")[2]), len(b.partition(".")[2]))
-    return abs(x - y) <= max(MEMORY_TOLERANCE * max(abs(x), abs(y)), 10.0 ** -decimals * 1.0001)
+    return abs(x - y) <= max(MEMORY_TOLERANCE * max(abs(x), abs(y)), 10.0**-decimals * 1.0001)
 
 
 def _volatile(cell: dict[str, Any]) -> bool:
     """nbval's own marks for a cell whose output varies between runs."""
-    return ("nbval-ignore-output" in cell.get("metadata", {}).get("tags", [])
-            or "# NBVAL_IGNORE_OUTPUT" in _text(cell.get("source", "")))
+    return "nbval-ignore-output" in cell.get("metadata", {}).get("tags", []) or "# NBVAL_IGNORE_OUTPUT" in _text(
+        cell.get("source", "")
+    )
 
 
 NUMBER = re.compile(r"(-?\d[\d,]*(?:\.\d+)?)")
@@ -271,8 +273,9 @@ def _is_memory_trace(trace: dict[str, Any], layout: dict[str, Any]) -> bool:
 
 
 def _numbers(values: Any) -> list[float | None] | None:
-    if not isinstance(values, list) or not all(v is None or (isinstance(v, (int, float)) and not isinstance(v, bool))
-                                               for v in values):
+    if not isinstance(values, list) or not all(
+        v is None or (isinstance(v, (int, float)) and not isinstance(v, bool)) for v in values
+    ):
         return None
     return values
 
@@ -281,8 +284,10 @@ def _memory_series_close(new: list[float | None], old: list[float | None]) -> bo
     if len(new) != len(old):
         return False
     scale = max((abs(v) for v in (*new, *old) if v is not None and math.isfinite(v)), default=0.0)
-    return all((a is None) == (b is None) and (a is None or a == b or abs(a - b) <= MEMORY_TOLERANCE * scale)
-               for a, b in zip(new, old, strict=True))
+    return all(
+        (a is None) == (b is None) and (a is None or a == b or abs(a - b) <= MEMORY_TOLERANCE * scale)
+        for a, b in zip(new, old, strict=True)
+    )
 
 
 def figures_equivalent(new: dict[str, Any], old: dict[str, Any]) -> bool:
@@ -307,8 +312,13 @@ def figures_equivalent(new: dict[str, Any], old: dict[str, Any]) -> bool:
     return True
 
 
-def outputs_equivalent(new: list[dict[str, Any]], old: list[dict[str, Any]],
-                       patterns: list[tuple[re.Pattern[str], str]], *, volatile: bool = False) -> bool:
+def outputs_equivalent(
+    new: list[dict[str, Any]],
+    old: list[dict[str, Any]],
+    patterns: list[tuple[re.Pattern[str], str]],
+    *,
+    volatile: bool = False,
+) -> bool:
     """Whether a cell's fresh outputs say what its stored outputs say (see the module's docstring)."""
     if len(new) != len(old):
         return False
@@ -343,8 +353,11 @@ def coalesce_streams(outputs: list[Any]) -> list[Any]:
     merged: list[Any] = []
     for output in outputs:
         previous = merged[-1] if merged else None
-        if (previous is not None and output.get("output_type") == "stream" == previous.get("output_type")
-                and output.get("name") == previous.get("name")):
+        if (
+            previous is not None
+            and output.get("output_type") == "stream" == previous.get("output_type")
+            and output.get("name") == previous.get("name")
+        ):
             previous["text"] = _text(previous["text"]) + _text(output["text"])
         else:
             merged.append(output)
@@ -375,8 +388,9 @@ def stabilize(nb: Any, stored: Any, patterns: list[tuple[re.Pattern[str], str]] 
     kept = 0
     for cell in nb["cells"]:
         old = previous.get(cell.get("id")) if cell.get("cell_type") == "code" else None
-        if old is not None and outputs_equivalent(cell["outputs"], old.get("outputs", []), patterns,
-                                                  volatile=_volatile(cell)):
+        if old is not None and outputs_equivalent(
+            cell["outputs"], old.get("outputs", []), patterns, volatile=_volatile(cell)
+        ):
             cell["outputs"] = copy.deepcopy(old["outputs"])
             kept += 1
     return kept
@@ -387,15 +401,17 @@ def chromium() -> str:
     for candidate in (os.environ.get("PAYFLOW_CHROMIUM"), os.environ.get("BROWSER_PATH"), "/usr/bin/chromium"):
         if candidate and os.access(candidate, os.X_OK):
             return candidate
-    raise SystemExit("the static images of the lessons' figures are drawn by Chromium, and none was found: "
-                     "install Debian's chromium (make chromium, as root) or set PAYFLOW_CHROMIUM")
+    raise SystemExit(
+        "the static images of the lessons' figures are drawn by Chromium, and none was found: "
+        "install Debian's chromium (make chromium, as root) or set PAYFLOW_CHROMIUM"
+    )
 
 
 def _png_chunks(png: bytes) -> list[tuple[bytes, bytes]]:
     chunks, at = [], 8
     while at < len(png):
-        (size,) = struct.unpack(">I", png[at:at + 4])
-        chunks.append((png[at + 4:at + 8], png[at + 8:at + 8 + size]))
+        (size,) = struct.unpack(">I", png[at : at + 4])
+        chunks.append((png[at + 4 : at + 8], png[at + 8 : at + 8 + size]))
         at += 12 + size
     return chunks
 
@@ -425,9 +441,20 @@ def render_png(figures: list[dict[str, Any]]) -> list[bytes]:
     def draw() -> list[bytes]:
         kaleido.start_sync_server(mathjax=False, silence_warnings=True)  # no MathJax: it would come from a CDN
         try:
-            return [recompress_png(kaleido.calc_fig_sync(figure, opts={
-                        "format": "png", "width": STATIC_WIDTH, "scale": 1,
-                        "height": figure.get("layout", {}).get("height", 450)})) for figure in figures]
+            return [
+                recompress_png(
+                    kaleido.calc_fig_sync(
+                        figure,
+                        opts={
+                            "format": "png",
+                            "width": STATIC_WIDTH,
+                            "scale": 1,
+                            "height": figure.get("layout", {}).get("height", 450),
+                        },
+                    )
+                )
+                for figure in figures
+            ]
         finally:
             kaleido.stop_sync_server(silence_warnings=True)
 
@@ -441,8 +468,12 @@ def render_png(figures: list[dict[str, Any]]) -> list[bytes]:
 
 def add_static_images(nb: Any, *, redraw: bool = False) -> int:
     """Give every plotly output that has none (every one, with ``redraw``) a PNG beside its JSON; return how many."""
-    missing = [output for cell in nb["cells"] for output in cell.get("outputs", [])
-               if PLOTLY in output.get("data", {}) and (redraw or STATIC not in output["data"])]
+    missing = [
+        output
+        for cell in nb["cells"]
+        for output in cell.get("outputs", [])
+        if PLOTLY in output.get("data", {}) and (redraw or STATIC not in output["data"])
+    ]
     images = render_png([output["data"][PLOTLY] for output in missing])
     for output, image in zip(missing, images, strict=True):
         output["data"][STATIC] = base64.b64encode(image).decode("ascii")
@@ -456,8 +487,12 @@ def _kernel_manager() -> Any:
 
     class ThisPython(KernelSpecManager):
         def get_kernel_spec(self, kernel_name: str) -> KernelSpec:
-            return KernelSpec(argv=[sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}"],
-                              display_name="Python 3 (ipykernel)", language="python", resource_dir=str(LESSONS))
+            return KernelSpec(
+                argv=[sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}"],
+                display_name="Python 3 (ipykernel)",
+                language="python",
+                resource_dir=str(LESSONS),
+            )
 
     return KernelManager(kernel_name="python3", kernel_spec_manager=ThisPython())
 
@@ -475,15 +510,23 @@ def build(path: Path, *, redraw: bool = False) -> float:
             cell.outputs = []
             cell.execution_count = None
     started = time.perf_counter()
-    client = NotebookClient(nb, km=_kernel_manager(), timeout=CELL_TIMEOUT, record_timing=False,
-                            resources={"metadata": {"path": str(path.parent)}})
+    client = NotebookClient(
+        nb,
+        km=_kernel_manager(),
+        timeout=CELL_TIMEOUT,
+        record_timing=False,
+        resources={"metadata": {"path": str(path.parent)}},
+    )
     client.execute()
     seconds = time.perf_counter() - started
     clean(nb)
     stabilize(nb, stored)
     add_static_images(nb, redraw=redraw)
-    nb.metadata["kernelspec"] = kernelspec or {"display_name": "Python 3 (ipykernel)", "language": "python",
-                                               "name": "python3"}
+    nb.metadata["kernelspec"] = kernelspec or {
+        "display_name": "Python 3 (ipykernel)",
+        "language": "python",
+        "name": "python3",
+    }
     trouble = problems(nb)
     if trouble:
         raise SystemExit(f"{path.name} is not clean after building:\n  " + "\n  ".join(trouble))
@@ -496,8 +539,11 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("notebooks", nargs="*", type=Path, help="lessons to build (default: all of them)")
     parser.add_argument("--check", action="store_true", help="only report problems; do not execute")
-    parser.add_argument("--redraw", action="store_true",
-                        help="draw every figure's static image anew (after changing how they are drawn)")
+    parser.add_argument(
+        "--redraw",
+        action="store_true",
+        help="draw every figure's static image anew (after changing how they are drawn)",
+    )
     args = parser.parse_args(argv)
     paths = args.notebooks or lesson_paths()
     status = 0

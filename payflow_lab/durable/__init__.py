@@ -10,55 +10,50 @@ module                 what it holds
 :mod:`.schema`         the SQLite schema, its version and its migrations
 :mod:`.events`         outbox events: stable ids (the idempotency keys), bodies
 :mod:`.outbox`         the transactional outbox (and the bus's spill store)
-:mod:`.deadletters`    dead letters in the same file (a ``DeadLetterStore``)
+:mod:`.sqlite_letters` dead letters in the same file (a ``DeadLetterStore``)
 :mod:`.signing`        Standard Webhooks signatures, and their verification
 :mod:`.transport`      one ``send(event)`` interface: simulated, and HTTP (httpx)
-:mod:`.delivery`       the delivery function: rate limit, breaker, timeout, retries
+:mod:`.deliverer`      the delivery function: rate limit, breaker, timeout, retries
 :mod:`.dispatcher`     outbox -> hook bus -> delivery; marks done only when done
 :mod:`.ledger`         a receiver's memory of applied events: exactly-once effects
 :mod:`.receiver`       a real receiver on 127.0.0.1 (ASGI, served by hypercorn)
 :mod:`.pipeline`       the durable pipeline in the simulation, and a crash demo
 :mod:`.realtime`       the same pipeline for real, against local receivers
-:mod:`.cli`            ``payflow-lab replay`` and ``payflow-lab realtime``
+:mod:`.commands`       ``payflow-lab replay`` and ``payflow-lab realtime``
 =====================  ============================================================
 """
 
 from __future__ import annotations
 
-from .deadletters import SQLiteDeadLetters
-from .delivery import REJECTED, Deliverer, DeliveryResult
-from .dispatcher import Dispatcher
-from .errors import (
+from payflow_lab.core.errors import (
     CorruptDatabase,
     DatabaseLocked,
-    MalformedPayload,
-    NotAnOutbox,
-    OutboxDatabaseError,
-    SchemaVersionError,
-)
-from .events import DURABLE_KINDS, OutboxEvent, decode_body, encode_body, event_id
-from .ledger import ReceiverLedger
-from .outbox import Outbox
-from .pipeline import CrashDemo, DurablePipeline, crash_demo, run_durable
-from .realtime import RealtimeConfig, run_realtime
-from .receiver import Receiver, ReceiverServer, serve_in_thread
-from .schema import MEMORY, SCHEMA_VERSION, connect
-from .signing import (
-    InvalidSignature,
-    MissingHeader,
-    SignatureError,
-    TimestampOutOfTolerance,
-    WebhookSigner,
-    generate_secret,
-    sign,
-    signed_headers,
-    verify,
-)
-from .transport import (
-    RETRY_ON,
     DeliveryError,
     DeliveryFailed,
     DeliveryRejected,
+    InvalidSignature,
+    MalformedPayload,
+    MissingHeader,
+    NotAnOutbox,
+    OutboxDatabaseError,
+    SchemaVersionError,
+    SignatureError,
+    TimestampOutOfTolerance,
+)
+from payflow_lab.durable import signing
+from payflow_lab.durable.deliverer import REJECTED, Deliverer, DeliveryResult
+from payflow_lab.durable.dispatcher import Dispatcher
+from payflow_lab.durable.events import DURABLE_KINDS, OutboxEvent, decode_body, encode_body, event_id
+from payflow_lab.durable.ledger import ReceiverLedger
+from payflow_lab.durable.outbox import Outbox
+from payflow_lab.durable.pipeline import CrashDemo, DurablePipeline, crash_demo, run_durable
+from payflow_lab.durable.realtime import RealtimeConfig, run_realtime
+from payflow_lab.durable.receiver import Receiver, ReceiverServer, serve_in_thread
+from payflow_lab.durable.schema import MEMORY, SCHEMA_VERSION, connect
+from payflow_lab.durable.signing import WebhookSigner, generate_secret, sign, signed_headers, verify
+from payflow_lab.durable.sqlite_letters import SQLiteDeadLetters
+from payflow_lab.durable.transport import (
+    RETRY_ON,
     Endpoint,
     HttpLimits,
     HttpTransport,
@@ -68,6 +63,7 @@ from .transport import (
 )
 
 __all__ = [
+    "signing",
     "CorruptDatabase",
     "CrashDemo",
     "DURABLE_KINDS",

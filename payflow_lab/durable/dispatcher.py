@@ -48,26 +48,19 @@ from typing import Any
 
 import anyio
 
-from ..domain import ValidationError
-from ..hooks import HookBus, Outcome, ShutdownReport, Spill
-from ..resilience import FullJitter
-from ..resilience.deadletter import RETRIES_EXHAUSTED
-from .delivery import Deliverer, DeliveryResult
-from .events import OutboxEvent
-from .outbox import Outbox
+from payflow_lab.core.errors import ValidationError
+from payflow_lab.core.validation import integer, number
+from payflow_lab.durable.deliverer import Deliverer, DeliveryResult
+from payflow_lab.durable.events import OutboxEvent
+from payflow_lab.durable.outbox import Outbox
+from payflow_lab.hooks import HookBus, Outcome, ShutdownReport, Spill
+from payflow_lab.resilience import FullJitter
+from payflow_lab.resilience.dead_letters import RETRIES_EXHAUSTED
 
 __all__ = ["Dispatcher"]
 
 #: What :meth:`Dispatcher` did with a delivery's result.
 ACTIONS = ("delivered", "rescheduled", "deferred", "dead_lettered")
-
-
-def _positive(name: str, value: Any, *, allow_none: bool = False) -> float | None:
-    if value is None and allow_none:
-        return None
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
-        raise ValidationError(name, f"must be a positive number of seconds, got {value!r}")
-    return float(value)
 
 
 class Dispatcher:
@@ -83,12 +76,23 @@ class Dispatcher:
     simulation; a seeded one otherwise).
     """
 
-    def __init__(self, outbox: Outbox, deliverer: Deliverer, *, workers: int | Mapping[str, int] = 8,
-                 queue_size: int | None = None, delivery_timeout: float | None = 120.0,
-                 poll_interval: float = 0.5, shutdown_deadline: float = 5.0, max_attempts: int = 12,
-                 backoff_base: float = 1.0, backoff_cap: float = 300.0, max_defer: float = 3600.0,
-                 rng: random.Random | None = None,
-                 on_result: Callable[[OutboxEvent, DeliveryResult, str], Any] | None = None) -> None:
+    def __init__(
+        self,
+        outbox: Outbox,
+        deliverer: Deliverer,
+        *,
+        workers: int | Mapping[str, int] = 8,
+        queue_size: int | None = None,
+        delivery_timeout: float | None = 120.0,
+        poll_interval: float = 0.5,
+        shutdown_deadline: float = 5.0,
+        max_attempts: int = 12,
+        backoff_base: float = 1.0,
+        backoff_cap: float = 300.0,
+        max_defer: float = 3600.0,
+        rng: random.Random | None = None,
+        on_result: Callable[[OutboxEvent, DeliveryResult, str], Any] | None = None,
+    ) -> None:
         if not isinstance(outbox, Outbox):
             raise ValidationError("outbox", f"must be an Outbox, got {type(outbox).__name__}")
         if not isinstance(deliverer, Deliverer):
@@ -103,35 +107,32 @@ class Dispatcher:
             if isinstance(n, bool) or not isinstance(n, int) or not 1 <= n <= 10_000:
                 raise ValidationError("workers", f"needs an integer from 1 to 10000 for {kind!r}, got {n!r}")
             self.workers[kind] = n
-        if queue_size is not None and (isinstance(queue_size, bool) or not isinstance(queue_size, int)
-                                       or queue_size < 1):
-            raise ValidationError("queue_size", f"must be a positive integer, got {queue_size!r}")
-        self.queue_size = queue_size
-        self.delivery_timeout = _positive("delivery_timeout", delivery_timeout, allow_none=True)
-        self.poll_interval = _positive("poll_interval", poll_interval)
-        if isinstance(shutdown_deadline, bool) or not isinstance(shutdown_deadline, (int, float)) \
-                or not 0 <= shutdown_deadline <= 3600:
-            raise ValidationError("shutdown_deadline", f"must be between 0 and 3600 seconds, got {shutdown_deadline!r}")
-        self.shutdown_deadline = float(shutdown_deadline)
-        if isinstance(max_attempts, bool) or not isinstance(max_attempts, int) or max_attempts < 1:
-            raise ValidationError("max_attempts", f"must be a positive integer, got {max_attempts!r}")
-        self.max_attempts = max_attempts
-        self.max_defer = _positive("max_defer", max_defer)
-        self.backoff = FullJitter(_positive("backoff_base", backoff_base),  # type: ignore[arg-type]
-                                  _positive("backoff_cap", backoff_cap), rng or random.Random(0))  # type: ignore[arg-type]
+        self.queue_size = integer("queue_size", queue_size, minimum=1, optional=True)
+        self.delivery_timeout = number("delivery_timeout", delivery_timeout, above=0, unit=" seconds", optional=True)
+        self.poll_interval = number("poll_interval", poll_interval, above=0, unit=" seconds")
+        self.shutdown_deadline = number(
+            "shutdown_deadline", shutdown_deadline, minimum=0, maximum=3600, unit=" seconds"
+        )
+        self.max_attempts = integer("max_attempts", max_attempts, minimum=1)
+        self.max_defer = number("max_defer", max_defer, above=0, unit=" seconds")
+        self.backoff = FullJitter(
+            number("backoff_base", backoff_base, above=0, unit=" seconds"),
+            number("backoff_cap", backoff_cap, above=0, unit=" seconds"),
+            rng or random.Random(0),
+        )
         if on_result is not None and not callable(on_result):
             raise ValidationError("on_result", f"must be callable, got {on_result!r}")
         self.on_result = on_result
         self.bus: HookBus | None = None
         self._handles: dict[str, Any] = {}
-        self._in_flight: dict[str, str] = {}           # event id -> kind
+        self._in_flight: dict[str, str] = {}  # event id -> kind
         self._in_flight_by_kind: dict[str, int] = {kind: 0 for kind in self.kinds}
         self._settled_while_querying: set[str] | None = None
         # Where each kind's reading stopped: events due later, or recorded later, sort after it.
         self._cursor: dict[str, tuple[float, int] | None] = {kind: None for kind in self.kinds}
         self._next_rescan = -math.inf
         #: Seconds between full re-reads of the due events (a safety net under the cursor).
-        self.rescan_interval = 10 * self.poll_interval  # type: ignore[operator]
+        self.rescan_interval = 10 * self.poll_interval
         self._wake: anyio.Event | None = None
         self._stack: AsyncExitStack | None = None
         self._pump_scope: anyio.CancelScope | None = None
@@ -144,12 +145,17 @@ class Dispatcher:
 
     # ---------------------------------------------------------------- running
     async def __aenter__(self) -> Dispatcher:
-        bus = HookBus(timeout=self.delivery_timeout, shutdown_deadline=self.shutdown_deadline,
-                      on_outcome=self._settled, overflow=Spill(self.outbox))
+        bus = HookBus(
+            timeout=self.delivery_timeout,
+            shutdown_deadline=self.shutdown_deadline,
+            on_outcome=self._settled,
+            overflow=Spill(self.outbox),
+        )
         for kind in self.kinds:
             workers = self.workers[kind]
-            self._handles[kind] = bus.hook(f"outbox.{kind}", self._handle, name=kind, workers=workers,
-                                           queue_size=self.queue_size or 4 * workers)
+            self._handles[kind] = bus.hook(
+                f"outbox.{kind}", self._handle, name=kind, workers=workers, queue_size=self.queue_size or 4 * workers
+            )
         self.bus = bus
         stack = AsyncExitStack()
         await stack.__aenter__()
@@ -272,19 +278,28 @@ class Dispatcher:
         if result.status == "deferred":
             if now - event.created_at >= self.max_defer:
                 return self._dead(event, result, attempts)
-            outbox.reschedule(event.event_id, available_at=now + (result.retry_after or 0.0),
-                              attempts=result.attempts, error=result.error)
+            outbox.reschedule(
+                event.event_id,
+                available_at=now + (result.retry_after or 0.0),
+                attempts=result.attempts,
+                error=result.error,
+            )
             return "deferred"
         if result.status == "retry" and attempts < self.max_attempts:
             rounds = max(0, attempts - 1)
-            outbox.reschedule(event.event_id, available_at=now + self.backoff.delay(rounds),
-                              attempts=result.attempts, error=result.error)
+            outbox.reschedule(
+                event.event_id,
+                available_at=now + self.backoff.delay(rounds),
+                attempts=result.attempts,
+                error=result.error,
+            )
             return "rescheduled"
         return self._dead(event, result, attempts)
 
     def _dead(self, event: OutboxEvent, result: DeliveryResult, attempts: int) -> str:
-        self.outbox.dead_letters.add(event.key, event, result.reason or "unknown", attempts=attempts,
-                                     kind=event.kind, error=result.error)
+        self.outbox.dead_letters.add(
+            event.key, event, result.reason or "unknown", attempts=attempts, kind=event.kind, error=result.error
+        )
         return "dead_lettered"
 
     def _settled(self, outcome: Outcome) -> None:

@@ -18,12 +18,13 @@ never change between attempts.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from ..domain import Payment, ValidationError
-from ..world import SIDE_EFFECT_KINDS
-from .errors import MalformedPayload
+from payflow_lab.core.domain import Payment
+from payflow_lab.core.errors import MalformedPayload, ValidationError
+from payflow_lab.core.world import SIDE_EFFECT_KINDS
 
 __all__ = [
     "DURABLE_KINDS",
@@ -89,13 +90,18 @@ def decode_body(body: str | bytes) -> tuple[str, str, Payment]:
         raise MalformedPayload(f"missing {', '.join(missing)}")
     if document["type"] != EVENT_TYPE:
         raise MalformedPayload(f"type must be {EVENT_TYPE!r}, got {document['type']!r}")
-    data = document["data"]
+    data: Any = document["data"]
     if not isinstance(data, dict):
         raise MalformedPayload("data must be a JSON object")
     try:
-        payment = Payment(id=data.get("payment_id"), merchant_id=data.get("merchant_id"),
-                          amount_cents=data.get("amount_cents"), currency=data.get("currency"),
-                          created_at=data.get("created_at"))
+        field: Callable[[str], Any] = data.get  # a missing field is None: Payment says which
+        payment = Payment(
+            id=field("payment_id"),
+            merchant_id=field("merchant_id"),
+            amount_cents=field("amount_cents"),
+            currency=field("currency"),
+            created_at=field("created_at"),
+        )
         expected = event_id(payment.id, document["kind"])
     except ValidationError as exc:
         raise MalformedPayload(f"bad payment in data: {exc}") from None

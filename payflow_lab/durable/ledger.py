@@ -26,9 +26,9 @@ import sqlite3
 import threading
 from typing import Any
 
-from ..domain import Payment
-from .errors import NotAnOutbox, SchemaVersionError
-from .schema import MEMORY, _translate, refuse_foreign, transaction
+from payflow_lab.core.domain import Payment
+from payflow_lab.core.errors import NotAnOutbox, SchemaVersionError
+from payflow_lab.durable.schema import MEMORY, _translate, refuse_foreign, transaction
 
 __all__ = ["LEDGER_APPLICATION_ID", "ReceiverLedger"]
 
@@ -43,8 +43,12 @@ class ReceiverLedger:
     def __init__(self, path: str | os.PathLike[str] = MEMORY, *, busy_timeout: float = 5.0) -> None:
         self.path = str(path)
         self._lock = threading.Lock()
-        refuse_foreign(self.path, LEDGER_APPLICATION_ID, "payflow-lab receiver ledger",
-                       frozenset({"effects", "totals", "counters"}))
+        refuse_foreign(
+            self.path,
+            LEDGER_APPLICATION_ID,
+            "payflow-lab receiver ledger",
+            frozenset({"effects", "totals", "counters"}),
+        )
         db = sqlite3.connect(self.path, timeout=busy_timeout, isolation_level=None, check_same_thread=False)
         try:
             if self.path != MEMORY:
@@ -54,12 +58,16 @@ class ReceiverLedger:
                 app = int(db.execute("PRAGMA application_id").fetchone()[0])
                 version = int(db.execute("PRAGMA user_version").fetchone()[0])
                 if app == 0 and version == 0:  # new (refuse_foreign let only an empty database through)
-                    db.execute("CREATE TABLE effects (event_id TEXT PRIMARY KEY, kind TEXT NOT NULL, "
-                               "payment_id TEXT NOT NULL, merchant_id TEXT NOT NULL, amount_cents INTEGER NOT NULL, "
-                               "applied_at REAL NOT NULL)")
-                    db.execute("CREATE TABLE totals (merchant_id TEXT NOT NULL, kind TEXT NOT NULL, "
-                               "payments INTEGER NOT NULL, amount_cents INTEGER NOT NULL, "
-                               "PRIMARY KEY (merchant_id, kind))")
+                    db.execute(
+                        "CREATE TABLE effects (event_id TEXT PRIMARY KEY, kind TEXT NOT NULL, "
+                        "payment_id TEXT NOT NULL, merchant_id TEXT NOT NULL, amount_cents INTEGER NOT NULL, "
+                        "applied_at REAL NOT NULL)"
+                    )
+                    db.execute(
+                        "CREATE TABLE totals (merchant_id TEXT NOT NULL, kind TEXT NOT NULL, "
+                        "payments INTEGER NOT NULL, amount_cents INTEGER NOT NULL, "
+                        "PRIMARY KEY (merchant_id, kind))"
+                    )
                     db.execute("CREATE TABLE counters (name TEXT PRIMARY KEY, value INTEGER NOT NULL)")
                     db.executemany("INSERT INTO counters VALUES (?, 0)", [("deliveries",), ("duplicates",)])
                     db.execute(f"PRAGMA application_id = {LEDGER_APPLICATION_ID}")
@@ -81,14 +89,18 @@ class ReceiverLedger:
         """Apply the event once: ``True`` if it was new (the effect happened now), ``False`` for a repeat."""
         with self._lock, transaction(self._db, self.path) as db:
             db.execute("UPDATE counters SET value = value + 1 WHERE name = 'deliveries'")
-            cursor = db.execute("INSERT OR IGNORE INTO effects VALUES (?, ?, ?, ?, ?, ?)",
-                                (event_id, kind, payment.id, payment.merchant_id, payment.amount_cents, at))
+            cursor = db.execute(
+                "INSERT OR IGNORE INTO effects VALUES (?, ?, ?, ?, ?, ?)",
+                (event_id, kind, payment.id, payment.merchant_id, payment.amount_cents, at),
+            )
             if cursor.rowcount == 0:
                 db.execute("UPDATE counters SET value = value + 1 WHERE name = 'duplicates'")
                 return False
-            db.execute("INSERT INTO totals VALUES (?, ?, 1, ?) ON CONFLICT (merchant_id, kind) DO UPDATE SET "
-                       "payments = payments + 1, amount_cents = amount_cents + excluded.amount_cents",
-                       (payment.merchant_id, kind, payment.amount_cents))
+            db.execute(
+                "INSERT INTO totals VALUES (?, ?, 1, ?) ON CONFLICT (merchant_id, kind) DO UPDATE SET "
+                "payments = payments + 1, amount_cents = amount_cents + excluded.amount_cents",
+                (payment.merchant_id, kind, payment.amount_cents),
+            )
             return True
 
     def has(self, event_id: str) -> bool:
@@ -99,15 +111,22 @@ class ReceiverLedger:
 
     def totals(self) -> dict[tuple[str, str], tuple[int, int]]:
         """(merchant, kind) -> (payments applied, cents applied)."""
-        return {(m, k): (int(p), int(c)) for m, k, p, c in self._query(
-            "SELECT merchant_id, kind, payments, amount_cents FROM totals ORDER BY merchant_id, kind")}
+        return {
+            (m, k): (int(p), int(c))
+            for m, k, p, c in self._query(
+                "SELECT merchant_id, kind, payments, amount_cents FROM totals ORDER BY merchant_id, kind"
+            )
+        }
 
     def stats(self) -> dict[str, int]:
         """``deliveries`` received (valid ones), ``applied`` effects, ``duplicates`` acknowledged without effect."""
         counters = dict(self._query("SELECT name, value FROM counters"))
         applied = self._query("SELECT COUNT(*) FROM effects")[0][0]
-        return {"deliveries": int(counters["deliveries"]), "applied": int(applied),
-                "duplicates": int(counters["duplicates"])}
+        return {
+            "deliveries": int(counters["deliveries"]),
+            "applied": int(applied),
+            "duplicates": int(counters["duplicates"]),
+        }
 
     def _query(self, sql: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
         with self._lock:

@@ -22,7 +22,7 @@ What it offers
     subscriber's queue is full, or that is shutting down with deliveries
     never started, hands them here and they are kept instead of lost.
 :attr:`Outbox.dead_letters`
-    the dead letters, in the same file (:mod:`.deadletters`), a
+    the dead letters, in the same file (:mod:`.sqlite_letters`), a
     :class:`~payflow_lab.resilience.DeadLetterStore`.
 
 Blocking calls, and time
@@ -56,13 +56,14 @@ from typing import Any, TypeVar
 import anyio
 import anyio.to_thread
 
-from ..domain import Payment, ValidationError
-from ..hooks.overflow import Delivery
-from ..resilience._checks import Clock, default_clock
-from ..world import SIDE_EFFECT_KINDS
-from .deadletters import SQLiteDeadLetters
-from .events import DURABLE_KINDS, OutboxEvent, encode_body, event_id
-from .schema import MEMORY, connect, transaction
+from payflow_lab.core.domain import Payment
+from payflow_lab.core.errors import ValidationError
+from payflow_lab.core.validation import Clock, default_clock
+from payflow_lab.core.world import SIDE_EFFECT_KINDS
+from payflow_lab.durable.events import DURABLE_KINDS, OutboxEvent, encode_body, event_id
+from payflow_lab.durable.schema import MEMORY, connect, transaction
+from payflow_lab.durable.sqlite_letters import SQLiteDeadLetters
+from payflow_lab.hooks.overflow import Delivery
 
 __all__ = ["EVENT_COLUMNS", "Outbox", "STATUSES"]
 
@@ -71,8 +72,9 @@ T = TypeVar("T")
 #: The states of an outbox row.
 STATUSES = ("pending", "delivered", "dead")
 #: The columns that make an :class:`~.events.OutboxEvent`, in its field order.
-EVENT_COLUMNS = ("seq, event_id, kind, payment_id, merchant_id, payload, created_at, status, attempts, "
-                 "available_at, last_error")
+EVENT_COLUMNS = (
+    "seq, event_id, kind, payment_id, merchant_id, payload, created_at, status, attempts, available_at, last_error"
+)
 
 
 def _event(row: Sequence[Any]) -> OutboxEvent:
@@ -101,8 +103,15 @@ class Outbox:
     for another process's lock before :class:`~.errors.DatabaseLocked`.
     """
 
-    def __init__(self, path: str | os.PathLike[str] = MEMORY, *, clock: Clock | None = None,
-                 kinds: Iterable[str] = DURABLE_KINDS, offload: bool = False, busy_timeout: float = 5.0) -> None:
+    def __init__(
+        self,
+        path: str | os.PathLike[str] = MEMORY,
+        *,
+        clock: Clock | None = None,
+        kinds: Iterable[str] = DURABLE_KINDS,
+        offload: bool = False,
+        busy_timeout: float = 5.0,
+    ) -> None:
         self.kinds = _check_kinds(kinds)
         self.path = str(path)
         self.clock = default_clock(clock)
@@ -149,8 +158,9 @@ class Outbox:
         return await anyio.to_thread.run_sync(fn, *args, limiter=self._limiter)
 
     # ----------------------------------------------------------------- writing
-    def record_authorization(self, payment: Payment, *, kinds: Iterable[str] | None = None,
-                             authorized_at: float | None = None) -> list[OutboxEvent]:
+    def record_authorization(
+        self, payment: Payment, *, kinds: Iterable[str] | None = None, authorized_at: float | None = None
+    ) -> list[OutboxEvent]:
         """Record ``payment`` as authorized and queue one event per side effect, in one transaction.
 
         Idempotent: recording the same payment again returns its events and
@@ -160,30 +170,38 @@ class Outbox:
             raise ValidationError("payment", f"must be a Payment, got {type(payment).__name__}")
         chosen = self.kinds if kinds is None else _check_kinds(kinds)
         now = self.clock() if authorized_at is None else float(authorized_at)
-        rows = [(event_id(payment.id, kind), kind, payment.id, payment.merchant_id, encode_body(payment, kind),
-                 now, now) for kind in chosen]
+        rows = [
+            (event_id(payment.id, kind), kind, payment.id, payment.merchant_id, encode_body(payment, kind), now, now)
+            for kind in chosen
+        ]
         with self._lock, self._write() as db:
-            existing = db.execute("SELECT merchant_id, amount_cents, currency, created_at FROM payments WHERE id = ?",
-                                  (payment.id,)).fetchone()
+            existing = db.execute(
+                "SELECT merchant_id, amount_cents, currency, created_at FROM payments WHERE id = ?", (payment.id,)
+            ).fetchone()
             if existing is not None:
-                if tuple(existing) != (payment.merchant_id, payment.amount_cents, payment.currency,
-                                       payment.created_at):
+                if tuple(existing) != (payment.merchant_id, payment.amount_cents, payment.currency, payment.created_at):
                     raise ValidationError("payment.id", f"{payment.id} is already recorded with other details")
             else:
-                db.execute("INSERT INTO payments (id, merchant_id, amount_cents, currency, created_at, authorized_at)"
-                           " VALUES (?, ?, ?, ?, ?, ?)", (payment.id, payment.merchant_id, payment.amount_cents,
-                                                          payment.currency, payment.created_at, now))
-            db.executemany("INSERT OR IGNORE INTO outbox (event_id, kind, payment_id, merchant_id, payload, "
-                           "created_at, available_at) VALUES (?, ?, ?, ?, ?, ?, ?)", rows)
-            found = db.execute(f"SELECT {EVENT_COLUMNS} FROM outbox WHERE payment_id = ? ORDER BY seq",
-                               (payment.id,)).fetchall()
+                db.execute(
+                    "INSERT INTO payments (id, merchant_id, amount_cents, currency, created_at, authorized_at)"
+                    " VALUES (?, ?, ?, ?, ?, ?)",
+                    (payment.id, payment.merchant_id, payment.amount_cents, payment.currency, payment.created_at, now),
+                )
+            db.executemany(
+                "INSERT OR IGNORE INTO outbox (event_id, kind, payment_id, merchant_id, payload, "
+                "created_at, available_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                rows,
+            )
+            found = db.execute(
+                f"SELECT {EVENT_COLUMNS} FROM outbox WHERE payment_id = ? ORDER BY seq", (payment.id,)
+            ).fetchall()
         return [_event(row) for row in found if row[2] in chosen]
 
     def spill(self, deliveries: Sequence[Delivery]) -> None:
         """The hook bus's :class:`~payflow_lab.hooks.SpillStore`: keep every delivery, in one transaction, or raise.
 
         A delivery's ``subscriber`` names the side effect. Its payload is
-        either a :class:`~payflow_lab.domain.Payment` (a bus that emits
+        either a :class:`~payflow_lab.core.domain.Payment` (a bus that emits
         payments, like Phase 4's: the payment and its event are recorded) or
         an :class:`~.events.OutboxEvent` (the dispatcher's own bus: the event
         is already here, so it simply stays pending, due now). Anything else
@@ -201,42 +219,68 @@ class Outbox:
                 requeue.append((now, payload.event_id))
             elif isinstance(payload, Payment):
                 if kind not in SIDE_EFFECT_KINDS:
-                    raise ValidationError("subscriber", f"{kind!r} is not a side effect the outbox can keep "
-                                                        f"(known: {', '.join(SIDE_EFFECT_KINDS)})")
-                payments.append((payload.id, payload.merchant_id, payload.amount_cents, payload.currency,
-                                 payload.created_at, now))
-                events.append((event_id(payload.id, kind), kind, payload.id, payload.merchant_id,
-                               encode_body(payload, kind), now, now))
+                    raise ValidationError(
+                        "subscriber",
+                        f"{kind!r} is not a side effect the outbox can keep (known: {', '.join(SIDE_EFFECT_KINDS)})",
+                    )
+                payments.append(
+                    (payload.id, payload.merchant_id, payload.amount_cents, payload.currency, payload.created_at, now)
+                )
+                events.append(
+                    (
+                        event_id(payload.id, kind),
+                        kind,
+                        payload.id,
+                        payload.merchant_id,
+                        encode_body(payload, kind),
+                        now,
+                        now,
+                    )
+                )
             else:
-                raise ValidationError("payload", f"cannot spill a {type(payload).__name__} for {kind!r}: "
-                                                 "expected a Payment or an OutboxEvent")
+                raise ValidationError(
+                    "payload",
+                    f"cannot spill a {type(payload).__name__} for {kind!r}: expected a Payment or an OutboxEvent",
+                )
         with self._lock, self._write() as db:
-            db.executemany("INSERT OR IGNORE INTO payments (id, merchant_id, amount_cents, currency, created_at, "
-                           "authorized_at) VALUES (?, ?, ?, ?, ?, ?)", payments)
-            db.executemany("INSERT OR IGNORE INTO outbox (event_id, kind, payment_id, merchant_id, payload, "
-                           "created_at, available_at) VALUES (?, ?, ?, ?, ?, ?, ?)", events)
+            db.executemany(
+                "INSERT OR IGNORE INTO payments (id, merchant_id, amount_cents, currency, created_at, "
+                "authorized_at) VALUES (?, ?, ?, ?, ?, ?)",
+                payments,
+            )
+            db.executemany(
+                "INSERT OR IGNORE INTO outbox (event_id, kind, payment_id, merchant_id, payload, "
+                "created_at, available_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                events,
+            )
             for at, ident in requeue:
                 if db.execute("SELECT 1 FROM outbox WHERE event_id = ?", (ident,)).fetchone() is None:
                     raise ValidationError("payload", f"event {ident!r} is not in this outbox ({self.path})")
-                db.execute("UPDATE outbox SET available_at = MIN(available_at, ?) "
-                           "WHERE event_id = ? AND status = 'pending'", (at, ident))
+                db.execute(
+                    "UPDATE outbox SET available_at = MIN(available_at, ?) WHERE event_id = ? AND status = 'pending'",
+                    (at, ident),
+                )
         for delivery in deliveries:
             self.spilled[delivery.subscriber] = self.spilled.get(delivery.subscriber, 0) + 1
 
     def mark_delivered(self, event_id: str, *, attempts: int = 1) -> bool:
         """The receiver acknowledged ``event_id``: mark it delivered. False if it was not pending (already done)."""
         with self._lock, self._write() as db:
-            cursor = db.execute("UPDATE outbox SET status = 'delivered', delivered_at = ?, "
-                                "attempts = attempts + ?, last_error = NULL WHERE event_id = ? AND status = 'pending'",
-                                (self.clock(), attempts, event_id))
+            cursor = db.execute(
+                "UPDATE outbox SET status = 'delivered', delivered_at = ?, "
+                "attempts = attempts + ?, last_error = NULL WHERE event_id = ? AND status = 'pending'",
+                (self.clock(), attempts, event_id),
+            )
             return cursor.rowcount == 1
 
     def reschedule(self, event_id: str, *, available_at: float, attempts: int = 0, error: str | None = None) -> bool:
         """Not delivered this time: try again no earlier than ``available_at``. False if it was not pending."""
         with self._lock, self._write() as db:
-            cursor = db.execute("UPDATE outbox SET available_at = ?, attempts = attempts + ?, "
-                                "last_error = COALESCE(?, last_error) WHERE event_id = ? AND status = 'pending'",
-                                (available_at, attempts, error, event_id))
+            cursor = db.execute(
+                "UPDATE outbox SET available_at = ?, attempts = attempts + ?, "
+                "last_error = COALESCE(?, last_error) WHERE event_id = ? AND status = 'pending'",
+                (available_at, attempts, error, event_id),
+            )
             return cursor.rowcount == 1
 
     def start_run(self, mode: str) -> int:
@@ -246,8 +290,9 @@ class Outbox:
             return int(cursor.lastrowid or 0)
 
     # ----------------------------------------------------------------- reading
-    def due(self, kind: str, limit: int, now: float | None = None,
-            after: tuple[float, int] | None = None) -> list[OutboxEvent]:
+    def due(
+        self, kind: str, limit: int, now: float | None = None, after: tuple[float, int] | None = None
+    ) -> list[OutboxEvent]:
         """Up to ``limit`` pending events of ``kind`` whose time has come, in ``(available_at, seq)`` order.
 
         ``after`` skips events at or before that ``(available_at, seq)``
@@ -255,7 +300,7 @@ class Outbox:
         what is new (an index range scan, not the whole backlog again).
         """
         at = self.clock() if now is None else now
-        sql = (f"SELECT {EVENT_COLUMNS} FROM outbox WHERE status = 'pending' AND kind = ? AND available_at <= ?")
+        sql = f"SELECT {EVENT_COLUMNS} FROM outbox WHERE status = 'pending' AND kind = ? AND available_at <= ?"
         params: list[Any] = [kind, at]
         if after is not None:
             sql += " AND (available_at, seq) > (?, ?)"
@@ -305,8 +350,9 @@ class Outbox:
     def counts_by_kind(self) -> dict[str, dict[str, int]]:
         """Events by side effect and status."""
         with self._lock:
-            rows = self._db.execute("SELECT kind, status, COUNT(*) FROM outbox GROUP BY kind, status "
-                                    "ORDER BY kind").fetchall()
+            rows = self._db.execute(
+                "SELECT kind, status, COUNT(*) FROM outbox GROUP BY kind, status ORDER BY kind"
+            ).fetchall()
         result: dict[str, dict[str, int]] = {}
         for kind, status, n in rows:
             result.setdefault(kind, {s: 0 for s in STATUSES})[status] = int(n)

@@ -30,22 +30,22 @@ from contextlib import AsyncExitStack
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from ..calibration import WEBHOOK_TIMEOUT_S
-from ..domain import Payment
-from ..phases.base import Pipeline
-from ..phases.hook_bus import CAPACITY, CHECKOUT_TIMEOUT_S, SIDE_EFFECT_CHECKOUT_TIMEOUT_S
-from ..resilience import BreakerConfig, KeyedCircuitBreaker, KeyedRateLimiter, RetryBudget, RetryPolicy
-from ..runner import DEFAULT_BACKEND, DEFAULT_SCALE, DEFAULT_SEED, RunConfig, RunResult, Simulation
-from ..scenarios import Scenario
-from ..vtime import in_virtual_time, in_worker_thread, loop_running_here, run_virtual
-from ..world import World
-from .delivery import Deliverer, DeliveryResult
-from .dispatcher import Dispatcher
-from .events import OutboxEvent
-from .ledger import ReceiverLedger
-from .outbox import Outbox
-from .schema import MEMORY
-from .transport import RETRY_ON, SimulatedTransport
+from payflow_lab.core.calibration import WEBHOOK_TIMEOUT_S
+from payflow_lab.core.domain import Payment
+from payflow_lab.core.scenarios import Scenario
+from payflow_lab.core.vtime import in_virtual_time, in_worker_thread, loop_running_here, run_virtual
+from payflow_lab.core.world import World
+from payflow_lab.durable.deliverer import Deliverer, DeliveryResult
+from payflow_lab.durable.dispatcher import Dispatcher
+from payflow_lab.durable.events import OutboxEvent
+from payflow_lab.durable.ledger import ReceiverLedger
+from payflow_lab.durable.outbox import Outbox
+from payflow_lab.durable.schema import MEMORY
+from payflow_lab.durable.transport import RETRY_ON, SimulatedTransport
+from payflow_lab.phases.base import Pipeline
+from payflow_lab.phases.hook_bus import CAPACITY, CHECKOUT_TIMEOUT_S, SIDE_EFFECT_CHECKOUT_TIMEOUT_S
+from payflow_lab.resilience import BreakerConfig, KeyedCircuitBreaker, KeyedRateLimiter, RetryBudget, RetryPolicy
+from payflow_lab.runner import DEFAULT_BACKEND, DEFAULT_SCALE, DEFAULT_SEED, RunConfig, RunResult, Simulation
 
 __all__ = ["CrashDemo", "DurablePipeline", "crash_demo", "run_durable"]
 
@@ -196,9 +196,9 @@ def crash_demo(*, seed: int = DEFAULT_SEED, scale: float = 0.05, crash_after: fl
     never went down). Deterministic for a given seed; about a second of real
     time at the default scale.
     """
-    from ..metrics import hhmmss
-    from ..phases.hook_bus import HookBusPipeline
-    from ..scenarios import get_scenario
+    from payflow_lab.core.recorder import hhmmss
+    from payflow_lab.core.scenarios import get_scenario
+    from payflow_lab.phases.hook_bus import HookBusPipeline
 
     base = get_scenario(scenario)
     crash_at = base.start + crash_after

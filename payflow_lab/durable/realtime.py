@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import dataclasses
 import glob
-import math
 import os
 import tempfile
 import time
@@ -43,26 +42,25 @@ from typing import Any
 
 import anyio
 
-from ..domain import Payment, ValidationError
-from ..metrics import Recorder
-from ..resilience import BreakerConfig, KeyedCircuitBreaker, KeyedRateLimiter, RetryBudget, RetryPolicy
-from ..world import Declined, World
-from .delivery import Deliverer
-from .dispatcher import Dispatcher
-from .ledger import ReceiverLedger
-from .outbox import Outbox
-from .receiver import Receiver, ReceiverServer
-from .schema import MEMORY
-from .transport import RETRY_ON, HttpLimits, HttpTransport, Routes
+from payflow_lab.core.domain import Payment
+from payflow_lab.core.errors import Declined, ValidationError
+from payflow_lab.core.recorder import Recorder
+from payflow_lab.core.validation import integer, number
+from payflow_lab.core.world import World
+from payflow_lab.durable.deliverer import Deliverer
+from payflow_lab.durable.dispatcher import Dispatcher
+from payflow_lab.durable.ledger import ReceiverLedger
+from payflow_lab.durable.outbox import Outbox
+from payflow_lab.durable.receiver import Receiver, ReceiverServer
+from payflow_lab.durable.schema import MEMORY
+from payflow_lab.durable.transport import RETRY_ON, HttpLimits, HttpTransport, Routes
+from payflow_lab.resilience import BreakerConfig, KeyedCircuitBreaker, KeyedRateLimiter, RetryBudget, RetryPolicy
 
 __all__ = ["RealtimeConfig", "run_realtime"]
 
 
 def _number(name: str, value: Any, low: float, high: float) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) \
-            or not low <= value <= high:
-        raise ValidationError(name, f"must be between {low:g} and {high:g}, got {value!r}")
-    return float(value)
+    return number(name, value, minimum=low, maximum=high)
 
 
 @dataclass(frozen=True)
@@ -95,11 +93,8 @@ class RealtimeConfig:
             raise ValidationError("db", f"must be a file path or ':memory:', got {self.db!r}")
         _number("duration", self.duration, 0.0, 3600.0)
         _number("rate", self.rate, 0.1, 2000.0)
-        if self.receivers is not None and (isinstance(self.receivers, bool) or not isinstance(self.receivers, int)
-                                           or not 1 <= self.receivers <= 50):
-            raise ValidationError("receivers", f"must be an integer from 1 to 50, got {self.receivers!r}")
-        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0:
-            raise ValidationError("seed", f"must be a non-negative integer, got {self.seed!r}")
+        integer("receivers", self.receivers, minimum=1, maximum=50, optional=True)
+        integer("seed", self.seed, minimum=0)
         _number("scale", self.scale, 0.002, 0.2)
         if self.fail_window is not None:
             start, end = self.fail_window
@@ -108,8 +103,7 @@ class RealtimeConfig:
             if not start < end:
                 raise ValidationError("fail_window", f"must start before it ends, got {self.fail_window!r}")
         _number("drain", self.drain, 0.0, 3600.0)
-        if isinstance(self.workers, bool) or not isinstance(self.workers, int) or not 1 <= self.workers <= 1000:
-            raise ValidationError("workers", f"must be an integer from 1 to 1000, got {self.workers!r}")
+        integer("workers", self.workers, minimum=1, maximum=1000)
         _number("timeout", self.timeout, 0.05, 60.0)
         _number("ack_delay", self.ack_delay, 0.0, 10.0)
         if self.endpoints is not None:
@@ -153,10 +147,13 @@ def _receiver_count(db: str, asked: int | None) -> int:
     if not before:
         return DEFAULT_RECEIVERS if asked is None else asked
     if asked is not None and asked != len(before):
-        raise ValidationError("receivers", f"this outbox was run with {len(before)} merchant receivers (their "
-                                           f"ledgers are beside {db}); restart it with --receivers {len(before)}, "
-                                           f"or use a new --db, so that redeliveries reach the receiver that "
-                                           f"saw them first")
+        raise ValidationError(
+            "receivers",
+            f"this outbox was run with {len(before)} merchant receivers (their "
+            f"ledgers are beside {db}); restart it with --receivers {len(before)}, "
+            f"or use a new --db, so that redeliveries reach the receiver that "
+            f"saw them first",
+        )
     return len(before)
 
 
@@ -178,7 +175,7 @@ async def run_realtime(config: RealtimeConfig) -> dict[str, Any]:
             routes = Routes.load(config.endpoints)
         else:
             config = dataclasses.replace(config, receivers=_receiver_count(db, config.receivers))
-            names = [f"merchants-{i + 1}" for i in range(config.receivers)] + ["analytics", "audit"]
+            names = [f"merchants-{i + 1}" for i in range(config.receivers or 0)] + ["analytics", "audit"]
             for name in names:
                 receivers.append(Receiver(name, ledger=ReceiverLedger(_ledger_path(db, name))))
         run_no = outbox.start_run("realtime" if config.duration > 0 else "drain")
@@ -191,7 +188,7 @@ async def run_realtime(config: RealtimeConfig) -> dict[str, Any]:
                     receiver.set_mode(ack_delay=config.ack_delay)
                 server = ReceiverServer(receivers)
                 await tg.start(server.serve)
-                webhook = [r.endpoint for r in receivers[:config.receivers]]
+                webhook = [r.endpoint for r in receivers[: config.receivers]]
                 routes = Routes(webhook, {"analytics": receivers[-2].endpoint, "audit": receivers[-1].endpoint})
             summary = await _deliver(state, routes)
             if server is not None:
@@ -211,17 +208,45 @@ async def _deliver(state: _Run, routes: Routes) -> dict[str, Any]:
     recorder = Recorder(clock)
     world = World(seed=config.seed + 7919 * state.run, scale=config.scale, clock=clock, recorder=recorder)
     breakers: KeyedCircuitBreaker[str] = KeyedCircuitBreaker(
-        BreakerConfig(failure_ratio=0.5, minimum_throughput=5, window_size=5.0, break_duration=1.0))
-    retry = RetryPolicy(max_attempts=3, base_delay=0.05, max_delay=0.5, rng=world.rng, retry_on=RETRY_ON,
-                        budget=RetryBudget(ratio=0.2, max_tokens=20.0, refill_per_s=5.0))
-    limits = HttpLimits(max_connections=4 * config.workers, max_keepalive=2 * config.workers,
-                        read_timeout=config.timeout + 0.5, connect_timeout=1.0, write_timeout=1.0, pool_timeout=1.0)
+        BreakerConfig(failure_ratio=0.5, minimum_throughput=5, window_size=5.0, break_duration=1.0)
+    )
+    retry = RetryPolicy(
+        max_attempts=3,
+        base_delay=0.05,
+        max_delay=0.5,
+        rng=world.rng,
+        retry_on=RETRY_ON,
+        budget=RetryBudget(ratio=0.2, max_tokens=20.0, refill_per_s=5.0),
+    )
+    limits = HttpLimits(
+        max_connections=4 * config.workers,
+        max_keepalive=2 * config.workers,
+        read_timeout=config.timeout + 0.5,
+        connect_timeout=1.0,
+        write_timeout=1.0,
+        pool_timeout=1.0,
+    )
     async with HttpTransport(routes, limits=limits) as transport:
-        deliverer = Deliverer(transport, timeout=config.timeout, breakers=breakers,
-                              limiter=KeyedRateLimiter.for_merchants(world.merchants), retry=retry)
-        dispatcher = Dispatcher(outbox, deliverer, workers=config.workers, poll_interval=0.2,
-                                shutdown_deadline=2.0, delivery_timeout=30.0, max_attempts=50,
-                                backoff_base=0.2, backoff_cap=2.0, max_defer=600.0, rng=world.rng)
+        deliverer = Deliverer(
+            transport,
+            timeout=config.timeout,
+            breakers=breakers,
+            limiter=KeyedRateLimiter.for_merchants(world.merchants),
+            retry=retry,
+        )
+        dispatcher = Dispatcher(
+            outbox,
+            deliverer,
+            workers=config.workers,
+            poll_interval=0.2,
+            shutdown_deadline=2.0,
+            delivery_timeout=30.0,
+            max_attempts=50,
+            backoff_base=0.2,
+            backoff_cap=2.0,
+            max_defer=600.0,
+            rng=world.rng,
+        )
         started = anyio.current_time()
         async with dispatcher:
             async with anyio.create_task_group() as tg:
@@ -233,8 +258,10 @@ async def _deliver(state: _Run, routes: Routes) -> dict[str, Any]:
             drained = await dispatcher.drain(config.drain)
             drain_s = anyio.current_time() - started - traffic_s
         elapsed = anyio.current_time() - started
-        http = {"statuses": {str(k): v for k, v in sorted(transport.statuses.items())},
-                "errors": dict(sorted(transport.errors.items()))}
+        http = {
+            "statuses": {str(k): v for k, v in sorted(transport.statuses.items())},
+            "errors": dict(sorted(transport.errors.items())),
+        }
     delivered = dispatcher.actions["delivered"]
     counts = await outbox.run(outbox.counts)
     summary: dict[str, Any] = {
@@ -252,12 +279,21 @@ async def _deliver(state: _Run, routes: Routes) -> dict[str, Any]:
         "throughput": {
             "deliveries": delivered,
             "deliveries_per_second": round(delivered / elapsed, 1) if elapsed > 0 else None,
-            "deliveries_per_second_during_traffic": (round(delivered_in_traffic / traffic_s, 1)
-                                                     if traffic_s > 0 else None),
+            "deliveries_per_second_during_traffic": (
+                round(delivered_in_traffic / traffic_s, 1) if traffic_s > 0 else None
+            ),
         },
         "http": http,
-        "breakers": [{"endpoint": t.name, "from": t.from_state.value, "to": t.to_state.value,
-                      "at_s": round(t.at - started, 3), "reason": t.reason} for t in breakers.transitions],
+        "breakers": [
+            {
+                "endpoint": t.name,
+                "from": t.from_state.value,
+                "to": t.to_state.value,
+                "at_s": round(t.at - started, 3),
+                "reason": t.reason,
+            }
+            for t in breakers.transitions
+        ],
         "breaker_transitions_total": breakers.transitions_total,
         "faults": state.faults,
     }
@@ -309,8 +345,13 @@ async def _fault_schedule(state: _Run, started: float) -> None:
     receiver.set_mode("fail")
     await anyio.sleep(max(0.0, end - anyio.current_time()))
     receiver.set_mode("up")
-    state.faults.append({"receiver": receiver.name, "failing_from_s": round(begin - started, 3),
-                         "recovered_at_s": round(end - started, 3)})
+    state.faults.append(
+        {
+            "receiver": receiver.name,
+            "failing_from_s": round(begin - started, 3),
+            "recovered_at_s": round(end - started, 3),
+        }
+    )
 
 
 def _check(outbox: Outbox, receivers: list[Receiver]) -> dict[str, Any]:

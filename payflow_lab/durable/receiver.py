@@ -40,7 +40,6 @@ from __future__ import annotations
 
 import hmac
 import json
-import math
 import secrets
 import socket
 import time
@@ -53,12 +52,12 @@ import anyio
 import anyio.abc
 import anyio.from_thread
 
-from ..domain import ValidationError
-from .errors import MalformedPayload
-from .events import decode_body
-from .ledger import ReceiverLedger
-from .signing import DEFAULT_TOLERANCE_S, SignatureError, generate_secret, verify
-from .transport import Endpoint
+from payflow_lab.core.errors import MalformedPayload, SignatureError, ValidationError
+from payflow_lab.core.validation import number
+from payflow_lab.durable.events import decode_body
+from payflow_lab.durable.ledger import ReceiverLedger
+from payflow_lab.durable.signing import DEFAULT_TOLERANCE_S, generate_secret, verify
+from payflow_lab.durable.transport import Endpoint
 
 __all__ = ["MODES", "Receiver", "ReceiverServer", "serve_in_thread"]
 
@@ -73,10 +72,7 @@ Send = Callable[[dict[str, Any]], Any]
 
 
 def _seconds(name: str, value: Any) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) \
-            or not 0 <= value <= 3600:
-        raise ValidationError(name, f"must be between 0 and 3600 seconds, got {value!r}")
-    return float(value)
+    return number(name, value, minimum=0, maximum=3600, unit=" seconds")
 
 
 class Receiver:
@@ -86,8 +82,15 @@ class Receiver:
     against (and the time stamped on applied effects).
     """
 
-    def __init__(self, name: str = "receiver", *, secret: str | None = None, ledger: ReceiverLedger | None = None,
-                 tolerance: float = DEFAULT_TOLERANCE_S, clock: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self,
+        name: str = "receiver",
+        *,
+        secret: str | None = None,
+        ledger: ReceiverLedger | None = None,
+        tolerance: float = DEFAULT_TOLERANCE_S,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
         self.name = name
         self.secret = secret if secret is not None else generate_secret()
         #: Required (header ``x-payflow-control``) by ``POST /_control``; new for every receiver.
@@ -101,8 +104,16 @@ class Receiver:
         self.ack_delay = 0.0
         self.url: str | None = None
         #: Requests by what became of them.
-        self.counters: dict[str, int] = {"requests": 0, "applied": 0, "duplicates": 0, "bad_signature": 0,
-                                         "malformed": 0, "failed_on_purpose": 0, "hung": 0, "truncated": 0}
+        self.counters: dict[str, int] = {
+            "requests": 0,
+            "applied": 0,
+            "duplicates": 0,
+            "bad_signature": 0,
+            "malformed": 0,
+            "failed_on_purpose": 0,
+            "hung": 0,
+            "truncated": 0,
+        }
 
     def set_mode(self, mode: str | None = None, *, delay: float | None = None, ack_delay: float | None = None) -> None:
         """Change how the receiver behaves from the next request on (validated first, then applied)."""
@@ -150,8 +161,11 @@ class Receiver:
             return
         if path == "/_control" and method == "POST":
             if not self._authorised(scope):
-                await _respond(send, 403, {"error": "POST /_control needs this receiver's control token in the "
-                                                    "x-payflow-control header"})
+                await _respond(
+                    send,
+                    403,
+                    {"error": "POST /_control needs this receiver's control token in the x-payflow-control header"},
+                )
                 return
             await self._control(body, send)
             return
@@ -235,8 +249,13 @@ async def _read_body(receive: Receive) -> bytes | None:
 
 async def _respond(send: Send, status: int, document: dict[str, Any]) -> None:
     payload = json.dumps(document).encode()
-    await send({"type": "http.response.start", "status": status,
-                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(payload)).encode())]})
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(payload)).encode())],
+        }
+    )
     await send({"type": "http.response.body", "body": payload})
 
 
@@ -251,13 +270,17 @@ class ReceiverServer:
     once every socket is bound (``tg.start(server.serve)`` returns them).
     """
 
-    def __init__(self, receivers: list[Receiver], *, host: str = "127.0.0.1", graceful_timeout: float = 1.0,
-                 read_timeout: float = READ_TIMEOUT_S) -> None:
+    def __init__(
+        self,
+        receivers: list[Receiver],
+        *,
+        host: str = "127.0.0.1",
+        graceful_timeout: float = 1.0,
+        read_timeout: float = READ_TIMEOUT_S,
+    ) -> None:
         if not receivers:
             raise ValidationError("receivers", "needs at least one receiver")
-        if (isinstance(read_timeout, bool) or not isinstance(read_timeout, (int, float))
-                or not math.isfinite(read_timeout) or not 0 < read_timeout <= 300):
-            raise ValidationError("read_timeout", f"must be more than 0 and at most 300 seconds, got {read_timeout!r}")
+        number("read_timeout", read_timeout, above=0, maximum=300, unit=" seconds")
         self.read_timeout = float(read_timeout)
         if host not in ("127.0.0.1", "localhost", "::1"):
             raise ValidationError("host", f"receivers listen on the loopback interface only, got {host!r}")
@@ -296,8 +319,10 @@ class ReceiverServer:
         with _quiet_cancellations(), anyio.CancelScope() as scope:
             async with anyio.create_task_group() as tg:
                 for receiver, config in configs:
-                    tg.start_soon(partial(serve, receiver, config, shutdown_trigger=self._stop.wait),  # type: ignore[arg-type]
-                                  name=f"receiver {receiver.name}")
+                    tg.start_soon(
+                        partial(serve, receiver, config, shutdown_trigger=self._stop.wait),  # type: ignore[arg-type]
+                        name=f"receiver {receiver.name}",
+                    )
                 task_status.started([str(r.url) for r in self.receivers])
                 await self._stop.wait()
                 # hypercorn now closes its listeners and lets requests finish; give it a bounded time.

@@ -45,7 +45,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from .errors import (
+from payflow_lab.core.errors import (
     CorruptDatabase,
     DatabaseLocked,
     DiskFull,
@@ -54,6 +54,7 @@ from .errors import (
     ReadOnlyDatabase,
     SchemaVersionError,
 )
+from payflow_lab.core.validation import integer, number
 
 __all__ = [
     "APPLICATION_ID",
@@ -124,8 +125,9 @@ def _v1_to_v2(db: sqlite3.Connection) -> None:
                          'failed under schema version 1 (no error kept)'
                   FROM outbox WHERE status = 'failed' ORDER BY seq""")
     db.execute("UPDATE outbox SET status = 'dead' WHERE status = 'failed'")
-    db.execute("CREATE TABLE runs (run INTEGER PRIMARY KEY AUTOINCREMENT, started_at REAL NOT NULL, "
-               "mode TEXT NOT NULL)")
+    db.execute(
+        "CREATE TABLE runs (run INTEGER PRIMARY KEY AUTOINCREMENT, started_at REAL NOT NULL, mode TEXT NOT NULL)"
+    )
 
 
 #: Version ``n`` -> the step that turns a version-``n`` file into a version-``n + 1`` one.
@@ -170,11 +172,17 @@ def _translate(exc: sqlite3.Error, path: str) -> Exception:
     if isinstance(exc, sqlite3.DatabaseError) and ("not a database" in text or "malformed" in text):
         return CorruptDatabase(path, f"not a usable SQLite database ({text})")
     if "disk is full" in text or "database or disk is full" in text:
-        return DiskFull(path, f"the disk is full: nothing more can be written ({text}); the last transaction "
-                              "was rolled back, what was committed before is intact")
+        return DiskFull(
+            path,
+            f"the disk is full: nothing more can be written ({text}); the last transaction "
+            "was rolled back, what was committed before is intact",
+        )
     if "readonly" in text or "read-only" in text:
-        return ReadOnlyDatabase(path, f"the database cannot be written: the file or its folder is read-only, or "
-                                      f"the file was opened read-only ({text})")
+        return ReadOnlyDatabase(
+            path,
+            f"the database cannot be written: the file or its folder is read-only, or "
+            f"the file was opened read-only ({text})",
+        )
     return exc
 
 
@@ -185,8 +193,12 @@ def _as_corrupt(exc: sqlite3.Error, path: str, what: str) -> Exception:
 
 
 def _user_tables(db: sqlite3.Connection) -> list[str]:
-    return [row[0] for row in db.execute(
-        "SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%' ORDER BY name")]
+    return [
+        row[0]
+        for row in db.execute(
+            "SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%' ORDER BY name"
+        )
+    ]
 
 
 def schema_version(db: sqlite3.Connection) -> int:
@@ -209,8 +221,7 @@ def create_version(db: sqlite3.Connection, version: int, path: str = "database")
     New files are created at version 1 and then migrated (see the module
     docstring); the tests use this to make an old file to migrate.
     """
-    if isinstance(version, bool) or not isinstance(version, int) or not 1 <= version <= SCHEMA_VERSION:
-        raise ValueError(f"version must be between 1 and {SCHEMA_VERSION}, got {version!r}")
+    integer("version", version, minimum=1, maximum=SCHEMA_VERSION)
     with transaction(db, path):
         _create(db, version)
 
@@ -224,8 +235,11 @@ def _migrate(db: sqlite3.Connection, path: str) -> list[int]:
         if app == 0 and version == 0:
             tables = _user_tables(db)
             if tables:
-                raise NotAnOutbox(path, f"is a SQLite database with other tables ({', '.join(tables)}), "
-                                        "not a payflow-lab outbox; refusing to touch it")
+                raise NotAnOutbox(
+                    path,
+                    f"is a SQLite database with other tables ({', '.join(tables)}), "
+                    "not a payflow-lab outbox; refusing to touch it",
+                )
             _create(db, 1)
             version, app = 1, APPLICATION_ID
     if app != APPLICATION_ID:
@@ -275,15 +289,18 @@ def refuse_foreign(path: str, application_id: int, what: str, own_tables: frozen
     # Only our own tables and no stamp yet: another process is creating the file this very moment (its
     # creation is decided under the write lock, see _migrate), not a foreign database.
     if app == 0 and version == 0 and tables and not set(tables) <= own_tables:
-        raise NotAnOutbox(path, f"is a SQLite database with other tables ({', '.join(tables)}), not a "
-                                f"{what}; refusing to touch it")
+        raise NotAnOutbox(
+            path, f"is a SQLite database with other tables ({', '.join(tables)}), not a {what}; refusing to touch it"
+        )
     if app not in (0, application_id):
-        raise NotAnOutbox(path, f"has application id {app:#x}, not a {what}'s {application_id:#x}; "
-                                "refusing to touch it")
+        raise NotAnOutbox(
+            path, f"has application id {app:#x}, not a {what}'s {application_id:#x}; refusing to touch it"
+        )
 
 
-def connect(path: str | os.PathLike[str] = MEMORY, *, busy_timeout: float = 5.0,
-            migrate: bool = True) -> sqlite3.Connection:
+def connect(
+    path: str | os.PathLike[str] = MEMORY, *, busy_timeout: float = 5.0, migrate: bool = True
+) -> sqlite3.Connection:
     """Open (creating if need be) the outbox database at ``path`` and bring it to the current schema.
 
     ``busy_timeout`` is how long a write waits for another process's lock
@@ -294,8 +311,7 @@ def connect(path: str | os.PathLike[str] = MEMORY, *, busy_timeout: float = 5.0,
     the caller serialises its use (the :class:`~.outbox.Outbox` holds a lock).
     """
     name = _name(path)
-    if not isinstance(busy_timeout, (int, float)) or isinstance(busy_timeout, bool) or not 0 <= busy_timeout <= 600:
-        raise ValueError(f"busy_timeout must be between 0 and 600 seconds, got {busy_timeout!r}")
+    number("busy_timeout", busy_timeout, minimum=0, maximum=600, unit=" seconds")
     if name != MEMORY:
         parent = Path(name).parent
         if not parent.is_dir():

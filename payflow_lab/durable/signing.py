@@ -39,11 +39,13 @@ import base64
 import binascii
 import hashlib
 import hmac
-import math
 import re
 import secrets
 import time
 from collections.abc import Mapping
+
+from payflow_lab.core.errors import InvalidSignature, MissingHeader, SignatureError, TimestampOutOfTolerance
+from payflow_lab.core.validation import integer, number
 
 __all__ = [
     "DEFAULT_TOLERANCE_S",
@@ -67,26 +69,9 @@ _HEADERS = ("webhook-id", "webhook-timestamp", "webhook-signature")
 _CANONICAL_TIMESTAMP = re.compile(r"0|[1-9][0-9]{0,11}")
 
 
-class SignatureError(Exception):
-    """The request is not a valid signed webhook; the message says why. Answer it with HTTP 401 or 400."""
-
-
-class MissingHeader(SignatureError):
-    """One of ``webhook-id``, ``webhook-timestamp``, ``webhook-signature`` is missing or empty."""
-
-
-class TimestampOutOfTolerance(SignatureError):
-    """The timestamp is not a number, or is further from now than the tolerance (too old, or from the future)."""
-
-
-class InvalidSignature(SignatureError):
-    """No ``v1`` signature matches: a wrong secret, or the body, id or timestamp was changed."""
-
-
 def generate_secret(nbytes: int = 24) -> str:
     """A new random secret, ``whsec_`` + base64 (from :mod:`secrets`: key material, not simulation randomness)."""
-    if isinstance(nbytes, bool) or not isinstance(nbytes, int) or not 16 <= nbytes <= 64:
-        raise ValueError(f"nbytes must be between 16 and 64, got {nbytes!r}")
+    integer("nbytes", nbytes, minimum=16, maximum=64)
     return SECRET_PREFIX + base64.b64encode(secrets.token_bytes(nbytes)).decode()
 
 
@@ -94,7 +79,7 @@ def _key(secret: str | bytes) -> bytes:
     if isinstance(secret, bytes):
         key = secret
     elif isinstance(secret, str):
-        text = secret[len(SECRET_PREFIX):] if secret.startswith(SECRET_PREFIX) else secret
+        text = secret[len(SECRET_PREFIX) :] if secret.startswith(SECRET_PREFIX) else secret
         try:
             # Unpadded base64 is accepted, as the standardwebhooks libraries accept it: pad it here.
             key = base64.b64decode(text + "=" * (-len(text) % 4), validate=True)
@@ -121,9 +106,7 @@ def _mac(key: bytes, msg_id: str, timestamp: str, body: bytes) -> bytes:
 
 
 def _timestamp(value: float | int) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
-        raise ValueError(f"timestamp must be non-negative Unix seconds, got {value!r}")
-    return int(value)
+    return int(number("timestamp", value, minimum=0, unit=" (Unix seconds)"))
 
 
 def sign(secret: str | bytes, msg_id: str, timestamp: float | int, body: str | bytes) -> str:
@@ -136,12 +119,21 @@ def sign(secret: str | bytes, msg_id: str, timestamp: float | int, body: str | b
 
 def signed_headers(secret: str | bytes, msg_id: str, timestamp: float | int, body: str | bytes) -> dict[str, str]:
     """The three Standard Webhooks headers for one message."""
-    return {"webhook-id": msg_id, "webhook-timestamp": str(_timestamp(timestamp)),
-            "webhook-signature": sign(secret, msg_id, timestamp, body)}
+    return {
+        "webhook-id": msg_id,
+        "webhook-timestamp": str(_timestamp(timestamp)),
+        "webhook-signature": sign(secret, msg_id, timestamp, body),
+    }
 
 
-def verify(secret: str | bytes, body: str | bytes, headers: Mapping[str, str], *, now: float | None = None,
-           tolerance: float = DEFAULT_TOLERANCE_S) -> str:
+def verify(
+    secret: str | bytes,
+    body: str | bytes,
+    headers: Mapping[str, str],
+    *,
+    now: float | None = None,
+    tolerance: float = DEFAULT_TOLERANCE_S,
+) -> str:
     """Check a received webhook; return its ``webhook-id``. Raise a :class:`SignatureError` subclass if it is bad.
 
     ``headers`` may use any capitalisation. ``now`` is Unix seconds (default:
@@ -163,11 +155,14 @@ def verify(secret: str | bytes, body: str | bytes, headers: Mapping[str, str], *
     stamp = float(values["webhook-timestamp"])
     current = time.time() if now is None else now
     if stamp < current - tolerance:
-        raise TimestampOutOfTolerance(f"webhook-timestamp is {current - stamp:.0f} s old "
-                                      f"(tolerance {tolerance:g} s): a replay, or a clock far behind")
+        raise TimestampOutOfTolerance(
+            f"webhook-timestamp is {current - stamp:.0f} s old "
+            f"(tolerance {tolerance:g} s): a replay, or a clock far behind"
+        )
     if stamp > current + tolerance:
-        raise TimestampOutOfTolerance(f"webhook-timestamp is {stamp - current:.0f} s in the future "
-                                      f"(tolerance {tolerance:g} s)")
+        raise TimestampOutOfTolerance(
+            f"webhook-timestamp is {stamp - current:.0f} s in the future (tolerance {tolerance:g} s)"
+        )
     expected = _mac(key, values["webhook-id"], values["webhook-timestamp"], _as_bytes(body))
     for candidate in values["webhook-signature"].split(" "):
         version, _, encoded = candidate.partition(",")
@@ -193,4 +188,4 @@ class WebhookSigner:
         self._clock = clock
 
     def headers(self, msg_id: str, body: str | bytes) -> dict[str, str]:
-        return signed_headers(self.secret, msg_id, self._clock(), body)  # type: ignore[operator]
+        return signed_headers(self.secret, msg_id, self._clock(), body)

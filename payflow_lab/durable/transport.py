@@ -41,13 +41,20 @@ from typing import Any, Protocol, runtime_checkable
 
 import anyio
 
-from ..calibration import DB_WRITES, WEBHOOK_TIMEOUT_S
-from ..db import PoolTimeout
-from ..domain import ValidationError
-from ..world import SIDE_EFFECT_KINDS, EndpointError, World
-from .events import OutboxEvent
-from .ledger import ReceiverLedger
-from .signing import WebhookSigner
+from payflow_lab.core.calibration import DB_WRITES, WEBHOOK_TIMEOUT_S
+from payflow_lab.core.errors import (
+    DeliveryError,
+    DeliveryFailed,
+    DeliveryRejected,
+    EndpointError,
+    PoolTimeout,
+    ValidationError,
+)
+from payflow_lab.core.validation import integer, number
+from payflow_lab.core.world import SIDE_EFFECT_KINDS, World
+from payflow_lab.durable.events import OutboxEvent
+from payflow_lab.durable.ledger import ReceiverLedger
+from payflow_lab.durable.signing import WebhookSigner
 
 __all__ = [
     "DeliveryError",
@@ -61,26 +68,6 @@ __all__ = [
     "SimulatedTransport",
     "Transport",
 ]
-
-
-class DeliveryError(Exception):
-    """The receiver did not acknowledge the event. ``status`` is the HTTP status, if there was an answer."""
-
-    retryable = True
-
-    def __init__(self, message: str, *, status: int | None = None) -> None:
-        super().__init__(message)
-        self.status = status
-
-
-class DeliveryFailed(DeliveryError):
-    """Not acknowledged this time (5xx, 408, 425, 429, a timeout, a refused connection): worth retrying."""
-
-
-class DeliveryRejected(DeliveryError):
-    """Refused for good (a 4xx such as a bad signature or an unknown route): retrying would repeat the refusal."""
-
-    retryable = False
 
 
 #: What the delivery code's retry policy retries: failures, never rejections (nor breaker refusals).
@@ -102,12 +89,17 @@ class SimulatedTransport:
     database writes (analytics, audit), as in Phase 4.
     """
 
-    def __init__(self, world: World, *, ledger: ReceiverLedger | None = None, checkout_timeout: float = 1.0,
-                 ack_latency: float = 0.0) -> None:
+    def __init__(
+        self,
+        world: World,
+        *,
+        ledger: ReceiverLedger | None = None,
+        checkout_timeout: float = 1.0,
+        ack_latency: float = 0.0,
+    ) -> None:
         if not isinstance(world, World):
             raise ValidationError("world", f"must be a World, got {type(world).__name__}")
-        if isinstance(ack_latency, bool) or not isinstance(ack_latency, (int, float)) or not 0 <= ack_latency <= 60:
-            raise ValidationError("ack_latency", f"must be between 0 and 60 seconds, got {ack_latency!r}")
+        number("ack_latency", ack_latency, minimum=0, maximum=60, unit=" seconds")
         self.world = world
         self.ledger = ledger if ledger is not None else ReceiverLedger()
         self.checkout_timeout = checkout_timeout
@@ -181,8 +173,10 @@ class Routes:
             raise DeliveryRejected(f"no endpoint configured for {event.kind!r} events") from None
 
     def as_dict(self) -> dict[str, Any]:
-        return {"webhook": [{"url": e.url, "secret": e.secret} for e in self.webhook],
-                **{kind: {"url": e.url, "secret": e.secret} for kind, e in self.services.items()}}
+        return {
+            "webhook": [{"url": e.url, "secret": e.secret} for e in self.webhook],
+            **{kind: {"url": e.url, "secret": e.secret} for kind, e in self.services.items()},
+        }
 
     @classmethod
     def from_dict(cls, data: Any) -> Routes:
@@ -238,15 +232,11 @@ class HttpLimits:
 
     def __post_init__(self) -> None:
         for name in ("max_connections", "max_keepalive"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 10_000:
-                raise ValidationError(name, f"must be an integer between 1 and 10000, got {value!r}")
+            integer(name, getattr(self, name), minimum=1, maximum=10_000)
         if self.max_keepalive > self.max_connections:
             raise ValidationError("max_keepalive", "cannot exceed max_connections")
         for name in ("keepalive_expiry", "connect_timeout", "read_timeout", "write_timeout", "pool_timeout"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value <= 3600:
-                raise ValidationError(name, f"must be between 0 and 3600 seconds, got {value!r}")
+            number(name, getattr(self, name), above=0, maximum=3600, unit=" seconds")
 
 
 class HttpTransport:
@@ -256,8 +246,14 @@ class HttpTransport:
     a receiver checks it against its own).
     """
 
-    def __init__(self, routes: Routes | Callable[[OutboxEvent], Endpoint], *, limits: HttpLimits | None = None,
-                 clock: Callable[[], float] = time.time, user_agent: str = "payflow-lab-webhooks/1") -> None:
+    def __init__(
+        self,
+        routes: Routes | Callable[[OutboxEvent], Endpoint],
+        *,
+        limits: HttpLimits | None = None,
+        clock: Callable[[], float] = time.time,
+        user_agent: str = "payflow-lab-webhooks/1",
+    ) -> None:
         if not callable(routes):
             raise ValidationError("routes", f"must be a Routes or a function of an event, got {routes!r}")
         self.routes = routes
@@ -275,11 +271,17 @@ class HttpTransport:
 
         limits = self.limits
         self._client = httpx.AsyncClient(
-            limits=httpx.Limits(max_connections=limits.max_connections,
-                                max_keepalive_connections=limits.max_keepalive,
-                                keepalive_expiry=limits.keepalive_expiry),
-            timeout=httpx.Timeout(connect=limits.connect_timeout, read=limits.read_timeout,
-                                  write=limits.write_timeout, pool=limits.pool_timeout),
+            limits=httpx.Limits(
+                max_connections=limits.max_connections,
+                max_keepalive_connections=limits.max_keepalive,
+                keepalive_expiry=limits.keepalive_expiry,
+            ),
+            timeout=httpx.Timeout(
+                connect=limits.connect_timeout,
+                read=limits.read_timeout,
+                write=limits.write_timeout,
+                pool=limits.pool_timeout,
+            ),
             follow_redirects=False,
             trust_env=False,  # no proxy from the environment between us and 127.0.0.1
             headers={"user-agent": self.user_agent, "content-type": "application/json"},

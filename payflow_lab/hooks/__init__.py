@@ -27,18 +27,18 @@ measured in hookz:
 
 Modules: :mod:`.bus` (the bus and its handles), :mod:`.subscriber` (queue,
 workers, counters), :mod:`.overflow` (policies and the spill store),
-:mod:`.report` (statistics and the shutdown report), :mod:`.latency` (the
-histogram), :mod:`.errors` (what ``emit`` raises), :mod:`.bench` (``payflow-lab
-bench``).
+:mod:`.stats` (statistics and the shutdown report), :mod:`.latency` (the
+histogram), :mod:`.emit_cost` (``payflow-lab bench``, group "hook bus"). What
+``emit`` raises lives with every other error in :mod:`payflow_lab.core.errors`.
 """
 
 from __future__ import annotations
 
-from .bus import Handle, HookBus
-from .errors import BusClosed, BusNotStarted, HookBusError, Rejected
-from .latency import LatencyHistogram
-from .overflow import Delivery, MemorySpillStore, OverflowPolicy, Reject, Spill, SpillStore, Wait
-from .report import HookFailure, Outcome, ShutdownReport, SubscriberShutdown, SubscriberStats
+from payflow_lab.core.errors import BusClosed, BusNotStarted, HookBusError, Rejected
+from payflow_lab.hooks.bus import Handle, HookBus
+from payflow_lab.hooks.latency import LatencyHistogram
+from payflow_lab.hooks.overflow import Delivery, MemorySpillStore, OverflowPolicy, Reject, Spill, SpillStore, Wait
+from payflow_lab.hooks.stats import HookFailure, Outcome, ShutdownReport, SubscriberShutdown, SubscriberStats
 
 __all__ = [
     "BusClosed",

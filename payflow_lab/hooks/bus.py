@@ -45,7 +45,7 @@ rest are queued), or a queue sized for its worst hour.
 
 The bus reads time only through ``anyio.current_time()`` and sleeps only
 through anyio, so the same code runs on asyncio and trio, in real time and in
-the virtual time of :mod:`payflow_lab.vtime`.
+the virtual time of :mod:`payflow_lab.core.vtime`.
 
 Threads: like anyio's ``send_nowait``, ``emit`` must be called from the
 thread running the bus's event loop (from another thread, use
@@ -56,7 +56,6 @@ all-or-nothing admission and "emit racing close" simple and exact.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Iterable
 from inspect import iscoroutinefunction
 from types import TracebackType
@@ -66,10 +65,11 @@ import anyio
 import anyio.abc
 import anyio.lowlevel
 
-from .errors import BusClosed, BusNotStarted, Rejected
-from .overflow import Delivery, OverflowPolicy, Reject, Spill, Wait
-from .report import HookFailure, Outcome, ShutdownReport, SubscriberShutdown, SubscriberStats
-from .subscriber import Handler, Subscriber
+from payflow_lab.core.errors import BusClosed, BusNotStarted, Rejected
+from payflow_lab.core.validation import integer, number
+from payflow_lab.hooks.overflow import Delivery, OverflowPolicy, Reject, Spill, Wait
+from payflow_lab.hooks.stats import HookFailure, Outcome, ShutdownReport, SubscriberShutdown, SubscriberStats
+from payflow_lab.hooks.subscriber import Handler, Subscriber
 
 __all__ = ["Handle", "HookBus"]
 
@@ -84,23 +84,6 @@ class _Default:
 
 
 DEFAULT: Any = _Default()
-
-
-def _positive_int(name: str, value: Any, maximum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= maximum:
-        raise ValueError(f"{name} must be an integer between 1 and {maximum:,}, got {value!r}")
-    return value
-
-
-def _duration(name: str, value: Any, *, allow_none: bool, allow_zero: bool = False) -> float | None:
-    if value is None and allow_none:
-        return None
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) \
-            or value < 0 or (value == 0 and not allow_zero):
-        kind = "a non-negative" if allow_zero else "a positive"
-        extra = " or None" if allow_none else ""
-        raise ValueError(f"{name} must be {kind}, finite number of seconds{extra}, got {value!r}")
-    return float(value)
 
 
 def _is_async_callable(handler: Any) -> bool:
@@ -152,6 +135,10 @@ class Handle:
     @property
     def queued(self) -> int:
         """Deliveries waiting in this hook's queue right now (cheap: for gauges)."""
+        return len(self._sub.queue)
+
+    def queue_depth(self) -> int:
+        """:attr:`queued` as a method: a gauge to hand to ``Recorder.add_gauge``, read at every sample."""
         return len(self._sub.queue)
 
     @property
@@ -221,24 +208,31 @@ class HookBus:
     cannot kill a worker or break a shutdown.
     """
 
-    def __init__(self, *, timeout: float | None = 5.0, queue_size: int = 1000, workers: int = 4,
-                 overflow: OverflowPolicy | None = None, shutdown_deadline: float = 10.0,
-                 cancel_grace: float = 1.0, on_error: Callable[[HookFailure], Any] | None = None,
-                 on_outcome: Callable[[Outcome], Any] | None = None, failure_history: int = 20) -> None:
-        self.timeout = _duration("timeout", timeout, allow_none=True)
-        self.queue_size = _positive_int("queue_size", queue_size, 10_000_000)
-        self.workers = _positive_int("workers", workers, 10_000)
+    def __init__(
+        self,
+        *,
+        timeout: float | None = 5.0,
+        queue_size: int = 1000,
+        workers: int = 4,
+        overflow: OverflowPolicy | None = None,
+        shutdown_deadline: float = 10.0,
+        cancel_grace: float = 1.0,
+        on_error: Callable[[HookFailure], Any] | None = None,
+        on_outcome: Callable[[Outcome], Any] | None = None,
+        failure_history: int = 20,
+    ) -> None:
+        self.timeout = number("timeout", timeout, above=0, unit=" seconds", optional=True)
+        self.queue_size = integer("queue_size", queue_size, minimum=1, maximum=10_000_000)
+        self.workers = integer("workers", workers, minimum=1, maximum=10_000)
         self.overflow = Reject() if overflow is None else self._check_overflow(overflow)
-        self.shutdown_deadline = _duration("shutdown_deadline", shutdown_deadline, allow_none=False, allow_zero=True)
-        self.cancel_grace = _duration("cancel_grace", cancel_grace, allow_none=False, allow_zero=True)
+        self.shutdown_deadline = number("shutdown_deadline", shutdown_deadline, minimum=0, unit=" seconds")
+        self.cancel_grace = number("cancel_grace", cancel_grace, minimum=0, unit=" seconds")
         for name, callback in (("on_error", on_error), ("on_outcome", on_outcome)):
             if callback is not None and not callable(callback):
                 raise TypeError(f"{name} must be callable or None, got {type(callback).__name__}")
         self.on_error = on_error
         self.on_outcome = on_outcome
-        if isinstance(failure_history, bool) or not isinstance(failure_history, int) or failure_history < 0:
-            raise ValueError(f"failure_history must be a non-negative integer, got {failure_history!r}")
-        self.failure_history = failure_history
+        self.failure_history = integer("failure_history", failure_history, minimum=0)
         self._routes: dict[str, tuple[Subscriber, ...]] = {}
         self._subscribers: dict[str, Subscriber] = {}
         self._state = _NEW
@@ -263,9 +257,17 @@ class HookBus:
         return overflow
 
     # ------------------------------------------------------------ registration
-    def hook(self, event: str, handler: Handler, *, name: str | None = None, queue_size: int | Any = DEFAULT,
-             workers: int | Any = DEFAULT, timeout: float | None | Any = DEFAULT,
-             overflow: OverflowPolicy | Any = DEFAULT) -> Handle:
+    def hook(
+        self,
+        event: str,
+        handler: Handler,
+        *,
+        name: str | None = None,
+        queue_size: int | Any = DEFAULT,
+        workers: int | Any = DEFAULT,
+        timeout: float | None | Any = DEFAULT,
+        overflow: OverflowPolicy | Any = DEFAULT,
+    ) -> Handle:
         """Run ``handler(payload)`` for every ``event`` emitted from now on; return its :class:`Handle`.
 
         ``name`` (default: the handler's ``__name__``) must be unique on this
@@ -277,25 +279,44 @@ class HookBus:
         if not isinstance(event, str) or not event:
             raise ValueError(f"event must be a non-empty string, got {event!r}")
         if not _is_async_callable(handler):
-            raise TypeError(f"handler must be an async function (async def), got {handler!r}; a plain function "
-                            "would run on the event loop and block every other task while it runs")
+            raise TypeError(
+                f"handler must be an async function (async def), got {handler!r}; a plain function "
+                "would run on the event loop and block every other task while it runs"
+            )
         if name is None:
             name = getattr(handler, "__name__", None) or type(handler).__name__
         if not isinstance(name, str) or not name:
             raise ValueError(f"name must be a non-empty string, got {name!r}")
         if name in self._subscribers:
             raise ValueError(f"name: a hook called {name!r} already exists on this bus; pass a different name=")
-        queue_size = self.queue_size if queue_size is DEFAULT else _positive_int("queue_size", queue_size, 10_000_000)
-        workers = self.workers if workers is DEFAULT else _positive_int("workers", workers, 10_000)
-        timeout = self.timeout if timeout is DEFAULT else _duration("timeout", timeout, allow_none=True)
+        queue_size = (
+            self.queue_size
+            if queue_size is DEFAULT
+            else integer("queue_size", queue_size, minimum=1, maximum=10_000_000)
+        )
+        workers = self.workers if workers is DEFAULT else integer("workers", workers, minimum=1, maximum=10_000)
+        timeout = (
+            self.timeout if timeout is DEFAULT else number("timeout", timeout, above=0, unit=" seconds", optional=True)
+        )
         overflow = self.overflow if overflow is DEFAULT else self._check_overflow(overflow)
         if isinstance(overflow, Spill):
             for other in self._routes.get(event, ()):
                 if isinstance(other.overflow, Spill) and other.overflow.store is not overflow.store:
-                    raise ValueError(f"overflow: hooks of {event!r} that spill must share one store "
-                                     f"({other.name!r} uses another), or one emission could be half spilled")
-        subscriber = Subscriber(self._side, event, handler, name=name, queue_size=queue_size, workers=workers,
-                                timeout=timeout, overflow=overflow, failure_history=self.failure_history)
+                    raise ValueError(
+                        f"overflow: hooks of {event!r} that spill must share one store "
+                        f"({other.name!r} uses another), or one emission could be half spilled"
+                    )
+        subscriber = Subscriber(
+            self._side,
+            event,
+            handler,
+            name=name,
+            queue_size=queue_size,
+            workers=workers,
+            timeout=timeout,
+            overflow=overflow,
+            failure_history=self.failure_history,
+        )
         self._subscribers[name] = subscriber
         self._routes[event] = self._routes.get(event, ()) + (subscriber,)
         if self._state is _RUNNING:
@@ -304,15 +325,20 @@ class HookBus:
 
     def on(self, event: str, **options: Any) -> Callable[[Handler], Handler]:
         """Decorator form of :meth:`hook`; returns the function unchanged (find its handle with :meth:`hooks`)."""
+
         def decorator(handler: Handler) -> Handler:
             self.hook(event, handler, **options)
             return handler
+
         return decorator
 
     def hooks(self, event: str | None = None) -> list[Handle]:
         """The active hooks (of ``event``, or of every event), in the order they were registered."""
-        return [Handle(self, s) for s in self._subscribers.values()
-                if s.state in ("idle", "active") and (event is None or s.event == event)]
+        return [
+            Handle(self, s)
+            for s in self._subscribers.values()
+            if s.state in ("idle", "active") and (event is None or s.event == event)
+        ]
 
     def unhook(self, name: str) -> None:
         """Remove the hook called ``name`` (see :meth:`Handle.unhook`)."""
@@ -405,8 +431,9 @@ class HookBus:
         self.rejected_after_close += 1
         raise BusClosed(f"cannot emit {event!r}: the bus is {self._state}")
 
-    def _admit_crowded(self, event: str, payload: Any, subscribers: tuple[Subscriber, ...], *,
-                       may_wait: bool) -> int | Subscriber:
+    def _admit_crowded(
+        self, event: str, payload: Any, subscribers: tuple[Subscriber, ...], *, may_wait: bool
+    ) -> int | Subscriber:
         """The slow path of admission: some queue is full. Decide for every subscriber first, then act.
 
         Returns the number of subscribers served, or (only if ``may_wait``)
@@ -481,8 +508,9 @@ class HookBus:
                 self._start(sub)
         return self
 
-    async def __aexit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                        tb: TracebackType | None) -> bool | None:
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> bool | None:
         assert self._tg is not None
         try:
             if self._state in (_RUNNING, _CLOSING):
@@ -513,9 +541,9 @@ class HookBus:
     def _start(self, sub: Subscriber) -> None:
         assert self._workers is not None
         sub.state = "active"
-        for number in range(sub.workers):
+        for worker in range(sub.workers):
             self._live += 1
-            self._workers.start_soon(sub.work, name=f"hook {sub.name!r} worker {number}")
+            self._workers.start_soon(sub.work, name=f"hook {sub.name!r} worker {worker}")
 
     def _worker_exited(self) -> None:
         self._live -= 1
@@ -539,10 +567,14 @@ class HookBus:
         Safe to call more than once and from several tasks: every caller gets
         the same report. Emitting meanwhile raises :class:`BusClosed`.
         """
-        deadline = self.shutdown_deadline if deadline is None else _duration(
-            "deadline", deadline, allow_none=False, allow_zero=True)
-        grace = self.cancel_grace if cancel_grace is None else _duration(
-            "cancel_grace", cancel_grace, allow_none=False, allow_zero=True)
+        deadline = (
+            self.shutdown_deadline if deadline is None else number("deadline", deadline, minimum=0, unit=" seconds")
+        )
+        grace = (
+            self.cancel_grace
+            if cancel_grace is None
+            else number("cancel_grace", cancel_grace, minimum=0, unit=" seconds")
+        )
         if self._state in (_CLOSING, _CLOSED):
             assert self._closed is not None
             await self._closed.wait()
@@ -551,22 +583,24 @@ class HookBus:
         self._closed = anyio.Event()
         started = anyio.current_time()
         subscribers = list(self._subscribers.values())
-        before = {s.name: (s.completed, s.failed, s.timed_out, s.cancelled, s.never_started) for s in subscribers}
+        before: dict[str, tuple[int, ...]] = {
+            s.name: (s.completed, s.failed, s.timed_out, s.cancelled, s.never_started) for s in subscribers
+        }
         spilled: dict[str, int] = {s.name: 0 for s in subscribers}
         if self._state is _NEW:
             self._state = _CLOSED
         else:
             self._state = _CLOSING
-        self._exited = anyio.Event()
+        exited = self._exited = anyio.Event()
         if self._live == 0:
-            self._exited.set()
+            exited.set()
         for sub in subscribers:
             sub.begin_drain()
         stopped = False
 
         def unfinished() -> bool:
             # Workers still running, or (if something cancelled them from outside) work left queued.
-            return not self._exited.is_set() or any(sub.queue for sub in subscribers)
+            return not exited.is_set() or any(sub.queue for sub in subscribers)
 
         try:
             with anyio.move_on_after(deadline):
@@ -595,19 +629,35 @@ class HookBus:
         if self._workers is not None:
             self._workers.cancel_scope.cancel()
 
-    def _shutdown_report(self, deadline: float, started: float, subscribers: list[Subscriber],
-                         before: dict[str, tuple[int, ...]], spilled: dict[str, int]) -> ShutdownReport:
+    def _shutdown_report(
+        self,
+        deadline: float,
+        started: float,
+        subscribers: list[Subscriber],
+        before: dict[str, tuple[int, ...]],
+        spilled: dict[str, int],
+    ) -> ShutdownReport:
         per: dict[str, SubscriberShutdown] = {}
         for sub in subscribers:
             completed, failed, timed_out, cancelled, never_started = before[sub.name]
             never = sub.never_started - never_started
             per[sub.name] = SubscriberShutdown(
-                completed=sub.completed - completed, failed=sub.failed - failed,
-                timed_out=sub.timed_out - timed_out, cancelled=sub.cancelled - cancelled - never,
-                never_started=never, spilled=spilled[sub.name], abandoned=sub.running)
+                completed=sub.completed - completed,
+                failed=sub.failed - failed,
+                timed_out=sub.timed_out - timed_out,
+                cancelled=sub.cancelled - cancelled - never,
+                never_started=never,
+                spilled=spilled[sub.name],
+                abandoned=sub.running,
+            )
         drained = all(s.never_started == 0 and s.cancelled == 0 and s.abandoned == 0 for s in per.values())
-        return ShutdownReport(deadline=deadline, drained=drained, elapsed=anyio.current_time() - started,
-                              subscribers=per, rejected_after_close=self.rejected_after_close)
+        return ShutdownReport(
+            deadline=deadline,
+            drained=drained,
+            elapsed=anyio.current_time() - started,
+            subscribers=per,
+            rejected_after_close=self.rejected_after_close,
+        )
 
     # --------------------------------------------------------------- callbacks
     def _settled(self, outcome: Outcome) -> None:

@@ -29,10 +29,11 @@ with its reason, on the subscriber that did not get it.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
+
+from payflow_lab.core.validation import integer, number
 
 __all__ = ["Delivery", "MemorySpillStore", "OverflowPolicy", "Reject", "Spill", "SpillStore", "Wait"]
 
@@ -70,9 +71,7 @@ class MemorySpillStore:
     """
 
     def __init__(self, capacity: int = 10_000) -> None:
-        if isinstance(capacity, bool) or not isinstance(capacity, int) or capacity < 1:
-            raise ValueError(f"capacity must be a positive integer, got {capacity!r}")
-        self.capacity = capacity
+        self.capacity = integer("capacity", capacity, minimum=1)
         self.deliveries: list[Delivery] = []
 
     def spill(self, deliveries: Sequence[Delivery]) -> None:
@@ -108,9 +107,7 @@ class Wait(OverflowPolicy):
     max_wait: float
 
     def __post_init__(self) -> None:
-        if (isinstance(self.max_wait, bool) or not isinstance(self.max_wait, (int, float))
-                or not math.isfinite(self.max_wait) or self.max_wait <= 0):
-            raise ValueError(f"max_wait must be a positive, finite number of seconds, got {self.max_wait!r}")
+        number("max_wait", self.max_wait, above=0, unit=" seconds")
 
     def describe(self) -> str:
         return f"wait up to {self.max_wait:g} s"
@@ -124,8 +121,9 @@ class Spill(OverflowPolicy):
 
     def __post_init__(self) -> None:
         if not isinstance(self.store, SpillStore):
-            raise TypeError(f"store must implement SpillStore (a spill(deliveries) method), "
-                            f"got {type(self.store).__name__}")
+            raise TypeError(
+                f"store must implement SpillStore (a spill(deliveries) method), got {type(self.store).__name__}"
+            )
 
     def describe(self) -> str:
         return f"spill to {type(self.store).__name__}"

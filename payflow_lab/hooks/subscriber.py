@@ -34,9 +34,9 @@ from typing import Any, Protocol
 import anyio
 import anyio.lowlevel
 
-from .latency import LatencyHistogram
-from .overflow import Delivery, OverflowPolicy, Spill
-from .report import HookFailure, Outcome, OutcomeStatus, SubscriberStats
+from payflow_lab.hooks.latency import LatencyHistogram
+from payflow_lab.hooks.overflow import Delivery, OverflowPolicy, Spill
+from payflow_lab.hooks.stats import HookFailure, Outcome, OutcomeStatus, SubscriberStats
 
 __all__ = ["BusSide", "Handler", "Subscriber"]
 
@@ -61,14 +61,47 @@ class Subscriber:
     """A handler hooked to one event, with its queue, workers and counters. Created by :meth:`HookBus.hook`."""
 
     __slots__ = (
-        "bus", "event", "handler", "name", "capacity", "workers", "timeout", "overflow",
-        "queue", "parked", "space_waiters", "running", "draining", "state",
-        "admitted", "completed", "failed", "timed_out", "cancelled", "never_started", "rejected", "spilled",
-        "rejected_reasons", "failures_by_type", "recent_failures", "latency",
+        "bus",
+        "event",
+        "handler",
+        "name",
+        "capacity",
+        "workers",
+        "timeout",
+        "overflow",
+        "queue",
+        "parked",
+        "space_waiters",
+        "running",
+        "draining",
+        "state",
+        "admitted",
+        "completed",
+        "failed",
+        "timed_out",
+        "cancelled",
+        "never_started",
+        "rejected",
+        "spilled",
+        "rejected_reasons",
+        "failures_by_type",
+        "recent_failures",
+        "latency",
     )
 
-    def __init__(self, bus: BusSide, event: str, handler: Handler, *, name: str, queue_size: int,
-                 workers: int, timeout: float | None, overflow: OverflowPolicy, failure_history: int) -> None:
+    def __init__(
+        self,
+        bus: BusSide,
+        event: str,
+        handler: Handler,
+        *,
+        name: str,
+        queue_size: int,
+        workers: int,
+        timeout: float | None,
+        overflow: OverflowPolicy,
+        failure_history: int,
+    ) -> None:
         self.bus = bus
         self.event = event
         self.handler = handler
@@ -78,7 +111,7 @@ class Subscriber:
         self.timeout = timeout
         self.overflow = overflow
         self.queue: deque[Any] = deque()
-        self.parked: list[anyio.Event] = []         # idle workers, each waiting for a delivery
+        self.parked: list[anyio.Event] = []  # idle workers, each waiting for a delivery
         self.space_waiters: list[anyio.Event] = []  # emit_wait() callers waiting for room
         self.running = 0
         self.draining = False
@@ -151,8 +184,13 @@ class Subscriber:
 
     def _failure(self, exc: Exception, *, handler: bool = True) -> HookFailure:
         failure = HookFailure(
-            subscriber=self.name, event=self.event, error_type=type(exc).__qualname__, message=str(exc),
-            traceback="".join(traceback.format_exception(exc)), at=anyio.current_time())
+            subscriber=self.name,
+            event=self.event,
+            error_type=type(exc).__qualname__,
+            message=str(exc),
+            traceback="".join(traceback.format_exception(exc)),
+            at=anyio.current_time(),
+        )
         if handler:
             self.failures_by_type[failure.error_type] += 1
         self.recent_failures.append(failure)
@@ -202,12 +240,25 @@ class Subscriber:
     # --------------------------------------------------------------- reading
     def stats(self) -> SubscriberStats:
         return SubscriberStats(
-            name=self.name, event=self.event, state=self.state, queue_size=self.capacity,
-            workers=self.workers, timeout=self.timeout, overflow=self.overflow.describe(),
-            queued=len(self.queue), running=self.running, admitted=self.admitted,
-            completed=self.completed, failed=self.failed, timed_out=self.timed_out,
-            cancelled=self.cancelled, never_started=self.never_started, rejected=self.rejected,
-            spilled=self.spilled, rejected_reasons=dict(sorted(self.rejected_reasons.items())),
+            name=self.name,
+            event=self.event,
+            state=self.state,
+            queue_size=self.capacity,
+            workers=self.workers,
+            timeout=self.timeout,
+            overflow=self.overflow.describe(),
+            queued=len(self.queue),
+            running=self.running,
+            admitted=self.admitted,
+            completed=self.completed,
+            failed=self.failed,
+            timed_out=self.timed_out,
+            cancelled=self.cancelled,
+            never_started=self.never_started,
+            rejected=self.rejected,
+            spilled=self.spilled,
+            rejected_reasons=dict(sorted(self.rejected_reasons.items())),
             failures_by_type=dict(sorted(self.failures_by_type.items())),
-            latency=self.latency.summary(), latency_buckets=self.latency.cumulative(),
+            latency=self.latency.summary(),
+            latency_buckets=self.latency.cumulative(),
         )

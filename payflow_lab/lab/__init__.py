@@ -21,13 +21,18 @@ Needs the ``lab`` extra (``ipywidgets``, ``plotly``, ``anywidget``)::
 
 from __future__ import annotations
 
-from .dashboard import Dashboard
-from .env import check_environment, environment_html, environment_ok
-from .panel import ControlPanel
-from .plots import latency_figure, run_figure
-from .session import LiveSession, close_all, live_threads
+from payflow_lab.lab import traps
+from payflow_lab.lab.dashboard import Dashboard
+from payflow_lab.lab.env import check_environment, environment_html, environment_ok
+from payflow_lab.lab.panel import ControlPanel
+from payflow_lab.lab.plots import display_value, latency_figure, run_figure, story_ms, thin
+from payflow_lab.lab.session import LiveSession, close_all, live_threads
 
 __all__ = [
+    "display_value",
+    "story_ms",
+    "thin",
+    "traps",
     "ControlPanel",
     "Dashboard",
     "LiveSession",

@@ -1,7 +1,7 @@
 """The live dashboard: a plotly ``FigureWidget`` and a readout that follow a run as it happens.
 
 :meth:`Dashboard.update` is called about ten times a second with the live
-run's series (a dict of growing lists, see :class:`payflow_lab.metrics.Recorder`)
+run's series (a dict of growing lists, see :class:`payflow_lab.core.recorder.Recorder`)
 and its completed latencies. It reads only the rows it has not seen yet and
 appends them to a window of bounded length (the last ``window_minutes`` of
 story time). Latency is drawn as rolling percentiles (p50 and p99 of the last
@@ -33,7 +33,6 @@ recorder only ever appends, and appends the ``t`` column last: the length of
 from __future__ import annotations
 
 import html
-import math
 import time
 from collections import deque
 from collections.abc import Callable, Mapping, Sequence
@@ -42,9 +41,9 @@ from typing import Any
 import ipywidgets as widgets
 import plotly.graph_objects as go
 
-from ..domain import ValidationError
-from ..metrics import hhmmss
-from .plots import (
+from payflow_lab.core.recorder import hhmmss
+from payflow_lab.core.validation import number
+from payflow_lab.lab.plots import (
     BASE_PANELS,
     LABEL_GAP,
     MAX_POINTS,
@@ -119,16 +118,20 @@ class Dashboard:
     browser test can read what a learner sees.
     """
 
-    def __init__(self, panels: Mapping[str, Sequence[str]] | None = None, *, window_minutes: float = 10.0,
-                 title: str = "", height: int | None = None, memory: bool = True,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self,
+        panels: Mapping[str, Sequence[str]] | None = None,
+        *,
+        window_minutes: float = 10.0,
+        title: str = "",
+        height: int | None = None,
+        memory: bool = True,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self.panels = normalise_panels(panels)
-        if (isinstance(window_minutes, bool) or not isinstance(window_minutes, (int, float))
-                or not math.isfinite(window_minutes)
-                or not WINDOW_LIMITS[0] <= window_minutes <= WINDOW_LIMITS[1]):
-            low, high = WINDOW_LIMITS
-            raise ValidationError("window_minutes", f"must be between {low:g} and {high:g}, got {window_minutes!r}")
-        self.window_minutes = float(window_minutes)
+        self.window_minutes = number(
+            "window_minutes", window_minutes, minimum=WINDOW_LIMITS[0], maximum=WINDOW_LIMITS[1]
+        )
         #: Rows kept: one per simulated second, plus one for the final sample a run takes as it ends.
         self.window_rows = int(self.window_minutes * 60) + 1
         self._layout = {**BASE_PANELS, **self.panels}
@@ -188,8 +191,14 @@ class Dashboard:
         return list(self._x), list(self._columns[column])
 
     # --------------------------------------------------------------- update
-    def update(self, series: Mapping[str, Sequence[Any]], latencies: Sequence[float] | None = None, *,
-               events: Sequence[tuple[float, int, str, str]] | None = None, force: bool = False) -> int:
+    def update(
+        self,
+        series: Mapping[str, Sequence[Any]],
+        latencies: Sequence[float] | None = None,
+        *,
+        events: Sequence[tuple[float, int, str, str]] | None = None,
+        force: bool = False,
+    ) -> int:
         """Take in the rows of ``series`` not seen yet; send them if an update is due. Return how many.
 
         ``series`` is a live run's ``series`` (or a finished run's) and
@@ -223,7 +232,7 @@ class Dashboard:
             self._update_totals(series, new)
             self.rows_seen = total
         if events is not None and len(events) > len(self._events):
-            for at, _serial, kind, what in list(events[len(self._events):]):
+            for at, _serial, kind, what in list(events[len(self._events) :]):
                 self._events.append((at, kind, what))
             self._dirty = True
         if new or added:
@@ -232,8 +241,9 @@ class Dashboard:
             self._push()
         return len(new)
 
-    def _roll(self, series: Mapping[str, Sequence[Any]], latencies: Sequence[float],
-              new: range) -> dict[str, list[float | None]]:
+    def _roll(
+        self, series: Mapping[str, Sequence[Any]], latencies: Sequence[float], new: range
+    ) -> dict[str, list[float | None]]:
         """Rolling p50/p99 (ms) of each new row, from the latencies its ``completed`` count covers."""
         completed = series["completed"]
         p50: list[float | None] = []
@@ -241,20 +251,24 @@ class Dashboard:
         start = self._latencies_seen
         for i in new:
             count = completed[i]
-            low, high = self._rolling.add(latencies[start:start + count])
+            low, high = self._rolling.add(latencies[start : start + count])
             start += count
             p50.append(low)
             p99.append(high)
         self._latencies_seen = start
         return {"p50_ms": p50, "p99_ms": p99}
 
-    def finish(self, series: Mapping[str, Sequence[Any]], latencies: Sequence[float] | None = None,
-               events: Sequence[tuple[float, int, str, str]] | None = None) -> None:
+    def finish(
+        self,
+        series: Mapping[str, Sequence[Any]],
+        latencies: Sequence[float] | None = None,
+        events: Sequence[tuple[float, int, str, str]] | None = None,
+    ) -> None:
         """The run has ended: draw all of it, from its first second to its last, and send it now."""
         self.update(series, latencies, events=events, force=True)
         full = {name: list(values) for name, values in series.items() if name in self._trace_of or name == "clock"}
         if latencies is not None and "completed" in series:
-            from .plots import rolling_latency
+            from payflow_lab.lab.plots import rolling_latency
 
             full["p50_ms"], full["p99_ms"] = rolling_latency(series["completed"], latencies)
         full = thin(full, MAX_POINTS)
@@ -284,8 +298,9 @@ class Dashboard:
                 values.extend(display_value(column, source[i]) for i in range(first, self.rows_seen))
                 self._columns[column] = values
                 xaxis, yaxis = panel_axes(row)
-                self.figure.add_trace(go.Scatter(x=[], y=[], xaxis=xaxis, yaxis=yaxis, legend=panel_legend(row),
-                                                 **trace_style(column)))
+                self.figure.add_trace(
+                    go.Scatter(x=[], y=[], xaxis=xaxis, yaxis=yaxis, legend=panel_legend(row), **trace_style(column))
+                )
                 self._trace_of[column] = len(self.figure.data) - 1
                 added = True
         return added
@@ -310,8 +325,9 @@ class Dashboard:
         """Mark the events from ``since`` (the window's first x) on: older ones would stretch the axis."""
         shapes, labels = [], []
         shown = [(at, kind, what) for at, kind, what in self._events if since is not None and story_x(at) >= since]
-        span = self.window_minutes * 60 if not self.finished else max(
-            (shown[-1][0] - shown[0][0]) if shown else 1.0, 1.0)
+        span = (
+            self.window_minutes * 60 if not self.finished else max((shown[-1][0] - shown[0][0]) if shown else 1.0, 1.0)
+        )
         times = [at for at, _kind, _what in shown]
         for (at, kind, what), labelled in zip(shown, spaced(times, LABEL_GAP * span)):
             shape, label = event_marks(story_x(at), what, kind, labelled=labelled, when=story_x(at)[11:])
@@ -364,5 +380,6 @@ class Dashboard:
             cells.append(
                 f'<span class="payflow-metric" data-metric="{key}" data-value="{html.escape(raw)}" '
                 f'style="margin-right:1.2em"><span style="color:#666">{label}</span> '
-                f'<b>{html.escape(shown)}</b></span>')
+                f"<b>{html.escape(shown)}</b></span>"
+            )
         self.readout.value = f'<div style="font-family:monospace;font-size:13px">{"".join(cells)}</div>'

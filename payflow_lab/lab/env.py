@@ -73,7 +73,7 @@ def _figure_widget() -> Check:
 def _virtual_time() -> Check:
     import anyio
 
-    from ..vtime import run_virtual
+    from payflow_lab.core.vtime import run_virtual
 
     async def an_hour() -> float:
         start = anyio.current_time()
@@ -102,7 +102,7 @@ def _virtual_time() -> Check:
 
 
 def _phases() -> Check:
-    from ..phases import available_phases
+    from payflow_lab.phases import available_phases
 
     found = available_phases()
     return Check("payflow_lab phases", "1 at least", ", ".join(map(str, found)) or "none", 1 in found)
@@ -132,6 +132,9 @@ def environment_html(checks: list[Check]) -> str:
     rows = "".join(
         f"<tr><td>{html.escape(c.name)}</td><td>{html.escape(c.wanted)}</td><td>{html.escape(c.found)}</td>"
         f"<td style='color:{'#2e7d32' if c.ok else '#c62828'}'>{'✔' if c.ok else '✘'}</td></tr>"
-        for c in checks)
-    return ("<table class='payflow-env'><thead><tr><th>check</th><th>wanted</th><th>found</th><th></th></tr>"
-            f"</thead><tbody>{rows}</tbody></table>")
+        for c in checks
+    )
+    return (
+        "<table class='payflow-env'><thead><tr><th>check</th><th>wanted</th><th>found</th><th></th></tr>"
+        f"</thead><tbody>{rows}</tbody></table>"
+    )

@@ -53,8 +53,8 @@ import threading
 import time
 from typing import Any
 
-from ..metrics import percentile
-from ..progress import note
+from payflow_lab.core.progress import note
+from payflow_lab.core.recorder import percentile
 
 __all__ = ["PACE", "PANELS", "bench_live", "measure_live"]
 
@@ -118,7 +118,7 @@ class _Browser:
             if kind == "stream":
                 for line in content.get("text", "").splitlines():
                     if line.startswith("BENCH"):
-                        self.outputs.put(line[len("BENCH"):])
+                        self.outputs.put(line[len("BENCH") :])
             elif kind == "error":
                 self.outputs.put(json.dumps({"error": "\n".join(content.get("traceback", []))}))
             elif kind == "comm_msg" and content.get("comm_id") == self.status_id:
@@ -146,8 +146,15 @@ def _comm(client: Any, comm_id: str, data: dict[str, Any]) -> float:
     return sent
 
 
-def measure_live(*, pauses: int = 20, changes: int = 10, pace: float = PACE, phase: int = 5,
-                 scenario: str = "blackfriday", seed: int = 1) -> dict[str, Any]:
+def measure_live(
+    *,
+    pauses: int = 20,
+    changes: int = 10,
+    pace: float = PACE,
+    phase: int = 5,
+    scenario: str = "blackfriday",
+    seed: int = 1,
+) -> dict[str, Any]:
     """Run a live session in a real kernel with a scripted learner; return the raw latencies and readings."""
     from jupyter_client.manager import KernelManager
 
@@ -180,8 +187,9 @@ def measure_live(*, pauses: int = 20, changes: int = 10, pace: float = PACE, pha
             if number < changes:
                 mode = "hang" if number % 2 == 0 else "up"
                 index = ids["options"].index(mode)
-                change_sent.append(_comm(client, ids["standard"],
-                                         {"method": "update", "state": {"index": index}, "buffer_paths": []}))
+                change_sent.append(
+                    _comm(client, ids["standard"], {"method": "update", "state": {"index": index}, "buffer_paths": []})
+                )
             if number < pauses:
                 time.sleep(chooser.uniform(0.2, 0.6))
                 browser.paused_seen.clear()
@@ -203,9 +211,11 @@ def measure_live(*, pauses: int = 20, changes: int = 10, pace: float = PACE, pha
     if report["state"] not in ("stopped", "finished"):
         raise RuntimeError(f"the benchmark's run ended {report['state']}")
     if len(report["halted_at"]) != len(pause_sent) or len(report["applied_at"]) < len(change_sent):
-        raise RuntimeError(f"{len(pause_sent)} pauses and {len(change_sent)} changes were sent, but the run "
-                           f"stopped {len(report['halted_at'])} times and applied {len(report['applied_at'])}: "
-                           f"the run ended before the learner did (a shorter benchmark, or a longer scenario)")
+        raise RuntimeError(
+            f"{len(pause_sent)} pauses and {len(change_sent)} changes were sent, but the run "
+            f"stopped {len(report['halted_at'])} times and applied {len(report['applied_at'])}: "
+            f"the run ended before the learner did (a shorter benchmark, or a longer scenario)"
+        )
     return {
         "pause_latencies": [h - s for s, h in zip(pause_sent, report["halted_at"])],
         "pause_seen_latencies": pause_seen,
@@ -226,17 +236,37 @@ def bench_live(quick: bool) -> list[dict[str, Any]]:
     seen = sorted(measured["pause_seen_latencies"])
     readings = measured["pace_readings"]
     return [
-        {"name": f"click on Pause to story clock stopped, p99 over {len(pause)} pauses (target <= 0.5 s)",
-         "key": "live.pause_latency_p99_s", "value": round(percentile(pause, 99), 3) if pause else None,
-         "unit": "s", "median": round(statistics.median(pause), 3) if pause else None},
-        {"name": "click on Pause to the panel saying 'paused' (what the learner sees), p99",
-         "key": "live.pause_seen_p99_s", "value": round(percentile(seen, 99), 3) if seen else None, "unit": "s"},
-        {"name": f"fault change to applied by the run, p99 over {len(change)} changes (target <= 0.5 s)",
-         "key": "live.control_latency_p99_s", "value": round(percentile(change, 99), 3) if change else None,
-         "unit": "s", "median": round(statistics.median(change), 3) if change else None},
-        {"name": f"pace achieved / pace asked ({PACE:g}) while running, median of {len(readings)} readings",
-         "key": "live.pace_ratio", "value": round(statistics.median(readings), 2) if readings else None,
-         "unit": "x", "yields": measured["yields"]},
-        {"name": f"sent by the kernel to the browser while live ({measured['updates_sent']} dashboard updates)",
-         "key": "live.iopub_kib_per_s", "value": round(measured["iopub_bytes_per_s"] / 1024, 1), "unit": "KiB/s"},
+        {
+            "name": f"click on Pause to story clock stopped, p99 over {len(pause)} pauses (target <= 0.5 s)",
+            "key": "live.pause_latency_p99_s",
+            "value": round(percentile(pause, 99), 3) if pause else None,
+            "unit": "s",
+            "median": round(statistics.median(pause), 3) if pause else None,
+        },
+        {
+            "name": "click on Pause to the panel saying 'paused' (what the learner sees), p99",
+            "key": "live.pause_seen_p99_s",
+            "value": round(percentile(seen, 99), 3) if seen else None,
+            "unit": "s",
+        },
+        {
+            "name": f"fault change to applied by the run, p99 over {len(change)} changes (target <= 0.5 s)",
+            "key": "live.control_latency_p99_s",
+            "value": round(percentile(change, 99), 3) if change else None,
+            "unit": "s",
+            "median": round(statistics.median(change), 3) if change else None,
+        },
+        {
+            "name": f"pace achieved / pace asked ({PACE:g}) while running, median of {len(readings)} readings",
+            "key": "live.pace_ratio",
+            "value": round(statistics.median(readings), 2) if readings else None,
+            "unit": "x",
+            "yields": measured["yields"],
+        },
+        {
+            "name": f"sent by the kernel to the browser while live ({measured['updates_sent']} dashboard updates)",
+            "key": "live.iopub_kib_per_s",
+            "value": round(measured["iopub_bytes_per_s"] / 1024, 1),
+            "unit": "KiB/s",
+        },
     ]

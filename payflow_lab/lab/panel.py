@@ -6,7 +6,7 @@ into ``LiveRun.set_faults(...)`` (applied at the next simulated second) and a
 pressed button into start, pause, stop or reset.
 
 Every knob is bounded twice. The widgets carry the bounds of
-:data:`payflow_lab.faults.LIMITS` (a slider clamps ``1e9`` to its maximum), and
+:data:`payflow_lab.core.faults.LIMITS` (a slider clamps ``1e9`` to its maximum), and
 every value is validated by the same rules as :class:`~payflow_lab.FaultPlan`
 before anyone hears about it, because some values slip past a slider (``nan``
 set from code, a hand-typed number). A rejected value is named in the status
@@ -24,11 +24,12 @@ from typing import Any
 
 import ipywidgets as widgets
 
-from ..domain import Tier, ValidationError
-from ..faults import LIMITS, EndpointMode, FaultPlan
-from ..phases import available_phases, get_phase
-from ..runner import DEFAULT_SEED
-from ..scenarios import SCENARIOS, get_scenario
+from payflow_lab.core.domain import Tier
+from payflow_lab.core.errors import ValidationError
+from payflow_lab.core.faults import LIMITS, EndpointMode, FaultPlan
+from payflow_lab.core.scenarios import SCENARIOS, get_scenario
+from payflow_lab.phases import available_phases, get_phase
+from payflow_lab.runner import DEFAULT_SEED
 
 __all__ = ["BUTTON_STATES", "PACE_LIMITS", "SEED_LIMITS", "ControlPanel", "STATES"]
 
@@ -38,13 +39,13 @@ STATES = ("idle", "running", "paused", "stopping", "finished", "stopped", "faile
 #: Which buttons are enabled in each state: start, pause, stop, reset; and whether the
 #: run's setup (scenario, phase, seed) may change.
 BUTTON_STATES: dict[str, dict[str, bool]] = {
-    "idle":     {"start": True,  "pause": False, "stop": False, "reset": True,  "setup": True},
-    "running":  {"start": False, "pause": True,  "stop": True,  "reset": False, "setup": False},
-    "paused":   {"start": False, "pause": True,  "stop": True,  "reset": False, "setup": False},
+    "idle": {"start": True, "pause": False, "stop": False, "reset": True, "setup": True},
+    "running": {"start": False, "pause": True, "stop": True, "reset": False, "setup": False},
+    "paused": {"start": False, "pause": True, "stop": True, "reset": False, "setup": False},
     "stopping": {"start": False, "pause": False, "stop": False, "reset": False, "setup": False},
-    "finished": {"start": True,  "pause": False, "stop": False, "reset": True,  "setup": True},
-    "stopped":  {"start": True,  "pause": False, "stop": False, "reset": True,  "setup": True},
-    "failed":   {"start": True,  "pause": False, "stop": False, "reset": True,  "setup": True},
+    "finished": {"start": True, "pause": False, "stop": False, "reset": True, "setup": True},
+    "stopped": {"start": True, "pause": False, "stop": False, "reset": True, "setup": True},
+    "failed": {"start": True, "pause": False, "stop": False, "reset": True, "setup": True},
 }
 
 #: Pacing, in simulated seconds per real second, as the panel offers it (the runner accepts 0.1-10,000).
@@ -64,12 +65,14 @@ _Callback = Callable[..., None]
 
 def _guarded(method: Callable[..., None]) -> Callable[..., None]:
     """Run a widget callback; turn any error into the status line instead of a traceback in the log."""
+
     @wraps(method)
     def wrapper(self: ControlPanel, *args: Any, **kwargs: Any) -> None:
         try:
             method(self, *args, **kwargs)
         except Exception as exc:  # a widget callback must never leave a traceback in the page
             self.set_status(_describe(exc), error=True)
+
     return wrapper
 
 
@@ -91,19 +94,34 @@ class ControlPanel:
     each control its own (``payflow-start``, ``payflow-tier-standard``, ...).
     """
 
-    def __init__(self, *, scenario: str = "normal", phase: int = 1, phases: Iterable[int] | None = None,
-                 scenarios: Iterable[str] | None = None, seed: int = DEFAULT_SEED, pace: float = 30.0,
-                 faults: Mapping[str, Any] | None = None) -> None:
+    def __init__(
+        self,
+        *,
+        scenario: str = "normal",
+        phase: int = 1,
+        phases: Iterable[int] | None = None,
+        scenarios: Iterable[str] | None = None,
+        seed: int = DEFAULT_SEED,
+        pace: float = 30.0,
+        faults: Mapping[str, Any] | None = None,
+    ) -> None:
         self._phases = self._check_phases(phases, phase)
         self._scenarios = self._check_scenarios(scenarios, scenario)
         if isinstance(seed, bool) or not isinstance(seed, int) or not SEED_LIMITS[0] <= seed <= SEED_LIMITS[1]:
-            raise ValidationError("seed", f"must be an integer between {SEED_LIMITS[0]} and {SEED_LIMITS[1]}, "
-                                          f"got {seed!r}")
+            raise ValidationError(
+                "seed", f"must be an integer between {SEED_LIMITS[0]} and {SEED_LIMITS[1]}, got {seed!r}"
+            )
         self._initial_pace = self._check_pace(pace)
         plan = FaultPlan()
         plan.apply(dict(faults or {}))
-        self._initial = {"scenario": scenario, "phase": phase, "seed": seed, "pace": self._initial_pace,
-                         "plan": plan.snapshot(), "faults": dict(faults or {})}
+        self._initial: dict[str, Any] = {
+            "scenario": scenario,
+            "phase": phase,
+            "seed": seed,
+            "pace": self._initial_pace,
+            "plan": plan.snapshot(),
+            "faults": dict(faults or {}),
+        }
         # The faults chosen by the learner (or given here), as opposed to a scenario's scripted
         # changes, which the widgets also show while a run is live. A new run starts from these.
         self._own: dict[str, Any] = {}
@@ -144,10 +162,15 @@ class ControlPanel:
     @staticmethod
     def _check_pace(pace: Any) -> float:
         low, high = PACE_LIMITS
-        if (isinstance(pace, bool) or not isinstance(pace, (int, float)) or not math.isfinite(pace)
-                or not low <= pace <= high):
-            raise ValidationError("pace", f"must be between {low:g} and {high:g} simulated seconds per second, "
-                                          f"got {pace!r}")
+        if (
+            isinstance(pace, bool)
+            or not isinstance(pace, (int, float))
+            or not math.isfinite(pace)
+            or not low <= pace <= high
+        ):
+            raise ValidationError(
+                "pace", f"must be between {low:g} and {high:g} simulated seconds per second, got {pace!r}"
+            )
         return float(pace)
 
     # ----------------------------------------------------------------- build
@@ -156,33 +179,73 @@ class ControlPanel:
         wide = widgets.Layout(width="370px")
         self.scenario = widgets.Dropdown(
             options=[(f"{name}: {SCENARIOS[name].title}", name) for name in self._scenarios],
-            value=self._initial["scenario"], description="scenario", style=style, layout=widgets.Layout(width="460px"))
+            value=self._initial["scenario"],
+            description="scenario",
+            style=style,
+            layout=widgets.Layout(width="460px"),
+        )
         self.phase = widgets.Dropdown(
-            options=[(f"{n}: {get_phase(n).name}", n) for n in self._phases], value=self._initial["phase"],
-            description="phase", style=style, layout=wide)
-        self.seed = widgets.BoundedIntText(value=self._initial["seed"], min=SEED_LIMITS[0], max=SEED_LIMITS[1],
-                                           description="seed", style=style, layout=widgets.Layout(width="220px"))
+            options=[(f"{n}: {get_phase(n).name}", n) for n in self._phases],
+            value=self._initial["phase"],
+            description="phase",
+            style=style,
+            layout=wide,
+        )
+        self.seed = widgets.BoundedIntText(
+            value=self._initial["seed"],
+            min=SEED_LIMITS[0],
+            max=SEED_LIMITS[1],
+            description="seed",
+            style=style,
+            layout=widgets.Layout(width="220px"),
+        )
         self.sliders: dict[str, widgets.FloatSlider | widgets.FloatLogSlider] = {}
         for key, label, step in _SLIDERS:
             low, high = LIMITS[key]
-            self.sliders[key] = widgets.FloatSlider(min=low, max=high, step=step, description=label, style=style,
-                                                    layout=wide, continuous_update=False, readout_format=".2f")
+            self.sliders[key] = widgets.FloatSlider(
+                min=low,
+                max=high,
+                step=step,
+                description=label,
+                style=style,
+                layout=wide,
+                continuous_update=False,
+                readout_format=".2f",
+            )
         low, high = LIMITS["webhook_latency_multiplier"]
         self.sliders["webhook_latency_multiplier"] = widgets.FloatLogSlider(
-            base=10, min=math.log10(low), max=math.log10(high), step=0.05, description="webhook latency ×",
-            style=style, layout=wide, continuous_update=False, readout_format=".2f")
+            base=10,
+            min=math.log10(low),
+            max=math.log10(high),
+            step=0.05,
+            description="webhook latency ×",
+            style=style,
+            layout=wide,
+            continuous_update=False,
+            readout_format=".2f",
+        )
         self.tiers = {
-            tier: widgets.ToggleButtons(options=[m.value for m in EndpointMode], description=f"{tier.value}",
-                                        style={"description_width": "130px", "button_width": "64px"},
-                                        tooltips=["answers normally", "refuses connections (fails fast)",
-                                                  "accepts and never answers"])
+            tier: widgets.ToggleButtons(
+                options=[m.value for m in EndpointMode],
+                description=f"{tier.value}",
+                style={"description_width": "130px", "button_width": "64px"},
+                tooltips=["answers normally", "refuses connections (fails fast)", "accepts and never answers"],
+            )
             for tier in Tier
         }
         low, high = PACE_LIMITS
-        self.pace = widgets.FloatLogSlider(value=self._initial_pace, base=10, min=math.log10(low),
-                                           max=math.log10(high), step=0.05, description="pace (sim s/s)",
-                                           style=style, layout=wide, continuous_update=False,
-                                           readout_format=".0f")
+        self.pace = widgets.FloatLogSlider(
+            value=self._initial_pace,
+            base=10,
+            min=math.log10(low),
+            max=math.log10(high),
+            step=0.05,
+            description="pace (sim s/s)",
+            style=style,
+            layout=wide,
+            continuous_update=False,
+            readout_format=".0f",
+        )
         self.buttons = {
             "start": widgets.Button(description="Start", icon="play", button_style="success"),
             "pause": widgets.Button(description="Pause", icon="pause"),
@@ -190,8 +253,13 @@ class ControlPanel:
             "reset": widgets.Button(description="Reset", icon="undo"),
         }
         self.status = widgets.HTML()
-        for name, widget in (("scenario", self.scenario), ("phase", self.phase), ("seed", self.seed),
-                             ("pace", self.pace), ("status", self.status)):
+        for name, widget in (
+            ("scenario", self.scenario),
+            ("phase", self.phase),
+            ("seed", self.seed),
+            ("pace", self.pace),
+            ("status", self.status),
+        ):
             widget.add_class(f"payflow-{name}")
         for key, widget in self.sliders.items():
             widget.add_class(f"payflow-{key.replace('_', '-')}")
@@ -210,17 +278,23 @@ class ControlPanel:
         # Rows wrap instead of overflowing: in a narrow JupyterLab window (1,200 px with the file browser
         # open) the seed box goes to the next line rather than off the edge.
         wrap = widgets.Layout(flex_flow="row wrap")
-        self.widget = widgets.VBox([
-            widgets.HBox([self.scenario, self.phase, self.seed], layout=wrap),
-            heading,
-            widgets.HBox([widgets.VBox([self.sliders[k] for k in ("traffic_multiplier", "webhook_error_rate")]),
-                          widgets.VBox([self.sliders[k] for k in ("webhook_hang_rate", "webhook_latency_multiplier")])],
-                         layout=widgets.Layout(flex_flow="row wrap")),
-            tiers_heading,
-            widgets.VBox(list(self.tiers.values())),
-            widgets.HBox([self.pace, *self.buttons.values()], layout=widgets.Layout(flex_flow="row wrap")),
-            self.status,
-        ])
+        self.widget = widgets.VBox(
+            [
+                widgets.HBox([self.scenario, self.phase, self.seed], layout=wrap),
+                heading,
+                widgets.HBox(
+                    [
+                        widgets.VBox([self.sliders[k] for k in ("traffic_multiplier", "webhook_error_rate")]),
+                        widgets.VBox([self.sliders[k] for k in ("webhook_hang_rate", "webhook_latency_multiplier")]),
+                    ],
+                    layout=widgets.Layout(flex_flow="row wrap"),
+                ),
+                tiers_heading,
+                widgets.VBox(list(self.tiers.values())),
+                widgets.HBox([self.pace, *self.buttons.values()], layout=widgets.Layout(flex_flow="row wrap")),
+                self.status,
+            ]
+        )
         self.widget.add_class("payflow-panel")
         self.set_state("idle")
 
@@ -334,8 +408,7 @@ class ControlPanel:
         plan = FaultPlan()
         plan.apply(self._own)
         settings = plan.snapshot()
-        changed: dict[str, Any] = {k: settings[k] for k in self.sliders
-                                   if not math.isclose(settings[k], healthy[k])}
+        changed: dict[str, Any] = {k: settings[k] for k in self.sliders if not math.isclose(settings[k], healthy[k])}
         tiers = {t: m for t, m in settings["tier_modes"].items() if m != healthy["tier_modes"][t]}
         if tiers:
             changed["tier_modes"] = tiers
@@ -371,8 +444,10 @@ class ControlPanel:
         finally:
             self._quiet -= 1
         if staged:
-            self._emit("faults", {k: ({t.value: m.value for t, m in v.items()} if k == "tier_modes" else v)
-                                  for k, v in staged.items()})
+            self._emit(
+                "faults",
+                {k: ({t.value: m.value for t, m in v.items()} if k == "tier_modes" else v) for k, v in staged.items()},
+            )
         if checked_pace is not None:
             self._emit("pace", checked_pace)
         return True
@@ -439,6 +514,8 @@ class ControlPanel:
         colour = "#c62828" if error else "#333"
         self.status_text = text
         self.status_error = error
-        self.status.value = (f'<span class="payflow-status-line" data-state="{self.state}" '
-                             f'data-error="{str(error).lower()}" style="color:{colour}">'
-                             f"<b>{self.state}</b> · {html.escape(text)}</span>")
+        self.status.value = (
+            f'<span class="payflow-status-line" data-state="{self.state}" '
+            f'data-error="{str(error).lower()}" style="color:{colour}">'
+            f"<b>{self.state}</b> · {html.escape(text)}</span>"
+        )

@@ -1,6 +1,6 @@
 """Figures of a run's per-second series, shared by the live dashboard and the static plots.
 
-A run records one row per simulated second (see :class:`payflow_lab.metrics.Recorder`).
+A run records one row per simulated second (see :class:`payflow_lab.core.recorder.Recorder`).
 This module decides how those columns look on screen, once, so that a live
 :class:`~payflow_lab.lab.Dashboard` and the static figure of a finished run
 read the same way:
@@ -41,8 +41,9 @@ from typing import Any
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
-from ..domain import ValidationError
-from ..metrics import hhmmss, percentile
+from payflow_lab.core.errors import ValidationError
+from payflow_lab.core.recorder import hhmmss, percentile
+from payflow_lab.core.validation import integer
 
 __all__ = [
     "BASE_PANELS",
@@ -88,8 +89,7 @@ STORY_TICKS: list[dict[str, Any]] = [
 ]
 
 #: Okabe & Ito's colour-blind-safe palette (2008), most distinct first.
-PALETTE: tuple[str, ...] = ("#0072B2", "#D55E00", "#009E73", "#CC79A7", "#E69F00", "#56B4E9", "#000000",
-                            "#F0E442")
+PALETTE: tuple[str, ...] = ("#0072B2", "#D55E00", "#009E73", "#CC79A7", "#E69F00", "#56B4E9", "#000000", "#F0E442")
 #: Fixed colour and dash of the columns every figure has, so p50/p99 read the same everywhere.
 STYLES: dict[str, dict[str, str]] = {
     "p50_ms": {"color": "#0072B2", "dash": "solid"},
@@ -130,8 +130,9 @@ def label(column: str) -> str:
         return LABELS[column]
     for prefix, noun in (("queue_", "queue"), ("lane_", "lane")):
         if column.startswith(prefix):
-            return f"{column[len(prefix):].replace('_', ' ')} {noun}"
+            return f"{column[len(prefix) :].replace('_', ' ')} {noun}"
     return column.replace("_", " ")
+
 
 _MIB = 1024 * 1024
 #: Rows a static figure keeps at most (see :func:`thin`).
@@ -158,14 +159,12 @@ class RollingPercentiles:
 
     Feed it each second's completed latencies with :meth:`add`; it keeps them
     sorted (``bisect``), so a row costs O(window) memory moves, not a sort.
-    Exact, not estimated: the percentiles are those of :func:`payflow_lab.metrics.percentile`
+    Exact, not estimated: the percentiles are those of :func:`payflow_lab.core.recorder.percentile`
     over every payment completed in the window. ``None`` when the window has none.
     """
 
     def __init__(self, rows: int = ROLLING_S) -> None:
-        if isinstance(rows, bool) or not isinstance(rows, int) or rows < 1:
-            raise ValidationError("rows", f"must be a positive whole number of seconds, got {rows!r}")
-        self.rows = rows
+        self.rows = integer("rows", rows, minimum=1)
         self._sorted: list[float] = []
         self._recent: list[Sequence[float]] = []
 
@@ -183,8 +182,9 @@ class RollingPercentiles:
         return round(percentile(window, 50) * 1000, 3), round(percentile(window, 99) * 1000, 3)
 
 
-def rolling_latency(completed: Sequence[int], latencies: Sequence[float],
-                    rows: int = ROLLING_S) -> tuple[list[float | None], list[float | None]]:
+def rolling_latency(
+    completed: Sequence[int], latencies: Sequence[float], rows: int = ROLLING_S
+) -> tuple[list[float | None], list[float | None]]:
     """The rolling p50 and p99 (ms) of every row, from each row's ``completed`` count and the run's latencies.
 
     ``latencies`` are the completed payments' latencies in seconds, in the
@@ -196,7 +196,7 @@ def rolling_latency(completed: Sequence[int], latencies: Sequence[float],
     p99: list[float | None] = []
     start = 0
     for count in completed:
-        low, high = roll.add(latencies[start:start + count])
+        low, high = roll.add(latencies[start : start + count])
         start += count
         p50.append(low)
         p99.append(high)
@@ -277,9 +277,21 @@ def panel_legend(row: int) -> str:
 
 #: Tick marks of the latency axis (seconds), labelled as people say them: 150 ms and 13 s on one axis.
 LATENCY_TICKS: tuple[tuple[float, str], ...] = (
-    (0.01, "10 ms"), (0.02, "20 ms"), (0.05, "50 ms"), (0.1, "100 ms"), (0.2, "200 ms"), (0.5, "500 ms"),
-    (1, "1 s"), (2, "2 s"), (5, "5 s"), (10, "10 s"), (20, "20 s"), (50, "50 s"), (100, "100 s"),
-    (200, "200 s"), (500, "500 s"),
+    (0.01, "10 ms"),
+    (0.02, "20 ms"),
+    (0.05, "50 ms"),
+    (0.1, "100 ms"),
+    (0.2, "200 ms"),
+    (0.5, "500 ms"),
+    (1, "1 s"),
+    (2, "2 s"),
+    (5, "5 s"),
+    (10, "10 s"),
+    (20, "20 s"),
+    (50, "50 s"),
+    (100, "100 s"),
+    (200, "200 s"),
+    (500, "500 s"),
 )
 
 
@@ -295,8 +307,7 @@ def make_layout(panels: Mapping[str, Sequence[str]], *, title: str = "", height:
     """
     titles = [*BASE_PANELS, *panels]
     rows = len(titles)
-    fig = make_subplots(rows=rows, cols=1, shared_xaxes=True, vertical_spacing=0.3 / rows,
-                        subplot_titles=titles)
+    fig = make_subplots(rows=rows, cols=1, shared_xaxes=True, vertical_spacing=0.3 / rows, subplot_titles=titles)
     fig.update_layout(
         template="plotly_white",
         colorway=list(PALETTE),
@@ -310,9 +321,19 @@ def make_layout(panels: Mapping[str, Sequence[str]], *, title: str = "", height:
         annotation.update(x=0, xanchor="left", font={"size": 13})
     for row in range(1, rows + 1):
         yaxis = fig.layout["yaxis" if row == 1 else f"yaxis{row}"]
-        fig.update_layout({panel_legend(row): {
-            "orientation": "v", "x": 1.01, "xanchor": "left", "y": yaxis.domain[1], "yanchor": "top",
-            "bgcolor": "rgba(255,255,255,0)", "font": {"size": 11}}})
+        fig.update_layout(
+            {
+                panel_legend(row): {
+                    "orientation": "v",
+                    "x": 1.01,
+                    "xanchor": "left",
+                    "y": yaxis.domain[1],
+                    "yanchor": "top",
+                    "bgcolor": "rgba(255,255,255,0)",
+                    "font": {"size": 11},
+                }
+            }
+        )
     fig.update_xaxes(type="date", tickformatstops=STORY_TICKS, hoverformat="%H:%M:%S", showticklabels=True)
     fig.update_xaxes(title_text="story time (Black Friday)", row=rows, col=1)
     fig.update_yaxes(row=1, col=1, **_latency_axis())
@@ -330,8 +351,13 @@ def trace_style(column: str, *, rolling: bool = True) -> dict[str, Any]:
     second, and a quiet second has none: the line breaks there (a gap, never
     an invented value), so those points also get a marker.
     """
-    style: dict[str, Any] = {"name": label(column), "meta": column, "connectgaps": False, "mode": "lines",
-                             "line": {"width": 1.5, **STYLES.get(column, {})}}
+    style: dict[str, Any] = {
+        "name": label(column),
+        "meta": column,
+        "connectgaps": False,
+        "mode": "lines",
+        "line": {"width": 1.5, **STYLES.get(column, {})},
+    }
     if column.endswith("_ms") and not rolling:
         style.update(mode="lines+markers", marker={"size": 4})
     return style
@@ -339,8 +365,9 @@ def trace_style(column: str, *, rolling: bool = True) -> dict[str, Any]:
 
 def _trace(column: str, row: int, x: list[str], y: list[float | None], *, rolling: bool = True) -> go.Scatter:
     xaxis, yaxis = panel_axes(row)
-    return go.Scatter(x=x, y=y, xaxis=xaxis, yaxis=yaxis, legend=panel_legend(row),
-                      **trace_style(column, rolling=rolling))
+    return go.Scatter(
+        x=x, y=y, xaxis=xaxis, yaxis=yaxis, legend=panel_legend(row), **trace_style(column, rolling=rolling)
+    )
 
 
 def thin(series: Mapping[str, list[Any]], max_points: int = MAX_POINTS) -> dict[str, list[Any]]:
@@ -350,8 +377,7 @@ def thin(series: Mapping[str, list[Any]], max_points: int = MAX_POINTS) -> dict[
     70 simulated minutes are 4,200 rows per trace. Keeping every k-th row
     (rather than averaging) keeps each point a real measurement.
     """
-    if isinstance(max_points, bool) or not isinstance(max_points, int) or max_points < 2:
-        raise ValidationError("max_points", f"must be an integer of at least 2, got {max_points!r}")
+    integer("max_points", max_points, minimum=2)
     rows = len(series.get("clock", ()))
     if rows <= max_points:
         return dict(series)
@@ -382,8 +408,15 @@ def _memory_measured(series: Mapping[str, Sequence[Any]]) -> bool:
     return any(series.get("memory_bytes", ()))
 
 
-def run_figure(result: Any, *, panels: Mapping[str, Sequence[str]] | None = None, title: str | None = None,
-               events: bool = True, height: int | None = None, max_points: int = MAX_POINTS) -> go.Figure:
+def run_figure(
+    result: Any,
+    *,
+    panels: Mapping[str, Sequence[str]] | None = None,
+    title: str | None = None,
+    events: bool = True,
+    height: int | None = None,
+    max_points: int = MAX_POINTS,
+) -> go.Figure:
     """A static figure of a finished run: latency, memory and the ``panels`` asked for.
 
     ``result`` is a :class:`~payflow_lab.RunResult` (or its ``series``; then
@@ -408,8 +441,7 @@ def run_figure(result: Any, *, panels: Mapping[str, Sequence[str]] | None = None
         for column in expand_columns(columns, series):
             if column == "memory_bytes" and not _memory_measured(series):
                 continue
-            fig.add_trace(_trace(column, row, x, [display_value(column, v) for v in series[column]],
-                                 rolling=rolling))
+            fig.add_trace(_trace(column, row, x, [display_value(column, v) for v in series[column]], rolling=rolling))
     if not _memory_measured(series):
         note_memory_off(fig)
     if events and isinstance(summary, Mapping):
@@ -421,23 +453,31 @@ def run_figure(result: Any, *, panels: Mapping[str, Sequence[str]] | None = None
 def note_memory_off(fig: go.Figure) -> None:
     """Say "memory not measured" in the memory panel instead of drawing a flat line at zero."""
     yaxis = fig.layout.yaxis2
-    fig.add_annotation(text="memory not measured (memory=\"off\")", xref="x2 domain", yref="y2 domain",
-                       x=0.5, y=0.5, showarrow=False, font={"size": 13, "color": "#555555"},
-                       name="memory-off")
+    fig.add_annotation(
+        text='memory not measured (memory="off")',
+        xref="x2 domain",
+        yref="y2 domain",
+        x=0.5,
+        y=0.5,
+        showarrow=False,
+        font={"size": 13, "color": "#555555"},
+        name="memory-off",
+    )
     yaxis.update(showticklabels=False)
 
 
 def _short(what: str, limit: int = 28) -> str:
     """An event's label on the figure: its first clause, cut to ``limit`` characters."""
     if what.startswith("control: "):  # a widget change: what changed is the label
-        text = what[len("control: "):].replace("'", "").strip()
+        text = what[len("control: ") :].replace("'", "").strip()
     else:
         text = what.split(":")[0].split(";")[0].strip()
     return text if len(text) <= limit else text[: limit - 1].rstrip() + "…"
 
 
-def event_marks(at: str, what: str, kind: str, *, labelled: bool = True,
-                when: str = "") -> tuple[dict[str, Any], dict[str, Any] | None]:
+def event_marks(
+    at: str, what: str, kind: str, *, labelled: bool = True, when: str = ""
+) -> tuple[dict[str, Any], dict[str, Any] | None]:
     """The vertical line of one story event at ``at`` (a :func:`story_x` value), and its label.
 
     Each kind has its own colour *and* line style (:data:`EVENT_STYLES`). The
@@ -447,14 +487,34 @@ def event_marks(at: str, what: str, kind: str, *, labelled: bool = True,
     label, see :func:`spaced`) draws the line alone.
     """
     colour, dash, _name = EVENT_STYLES.get(kind, EVENT_STYLES["scripted"])
-    shape = {"type": "line", "x0": at, "x1": at, "xref": "x", "y0": 0, "y1": 1, "yref": "paper",
-             "line": {"color": colour, "dash": dash, "width": 1}, "opacity": 0.7}
+    shape = {
+        "type": "line",
+        "x0": at,
+        "x1": at,
+        "xref": "x",
+        "y0": 0,
+        "y1": 1,
+        "yref": "paper",
+        "line": {"color": colour, "dash": dash, "width": 1},
+        "opacity": 0.7,
+    }
     if not labelled:
         return shape, None
-    label = {"x": at, "xref": "x", "y": 0.98, "yref": "y domain", "yanchor": "top", "xanchor": "left",
-             "textangle": -90, "text": _short(what), "showarrow": False, "xshift": 1,
-             "font": {"size": 9, "color": colour}, "bgcolor": "rgba(255,255,255,0.7)",
-             "hovertext": f"{when} {what}".strip()}
+    label = {
+        "x": at,
+        "xref": "x",
+        "y": 0.98,
+        "yref": "y domain",
+        "yanchor": "top",
+        "xanchor": "left",
+        "textangle": -90,
+        "text": _short(what),
+        "showarrow": False,
+        "xshift": 1,
+        "font": {"size": 9, "color": colour},
+        "bgcolor": "rgba(255,255,255,0.7)",
+        "hovertext": f"{when} {what}".strip(),
+    }
     return shape, label
 
 
@@ -473,9 +533,18 @@ def spaced(times: Sequence[float], min_gap: float) -> list[bool]:
 def event_legend(kind: str) -> go.Scatter:
     """A legend entry saying what one kind of event line means (an empty trace: it draws nothing)."""
     colour, dash, name = EVENT_STYLES.get(kind, EVENT_STYLES["scripted"])
-    return go.Scatter(x=[None], y=[None], mode="lines", name=name, meta=f"event:{kind}",
-                      line={"color": colour, "dash": dash, "width": 1}, hoverinfo="skip", xaxis="x", yaxis="y",
-                      legend="legend")
+    return go.Scatter(
+        x=[None],
+        y=[None],
+        mode="lines",
+        name=name,
+        meta=f"event:{kind}",
+        line={"color": colour, "dash": dash, "width": 1},
+        hoverinfo="skip",
+        xaxis="x",
+        yaxis="y",
+        legend="legend",
+    )
 
 
 #: The least gap between two event labels, as a share of the figure's time span (upright 9-pt labels).
@@ -551,12 +620,18 @@ def latency_figure(result: Any, *, title: str | None = None, max_points: int = M
     series = thin(full, max_points)
     summary = getattr(result, "summary", None)
     fig = go.Figure()
-    default_title = (f"payment latency (s): p50 and p99 of the last {ROLLING_S} s" if rolling
-                     else "payment latency (s) per second")
-    fig.update_layout(template="plotly_white", colorway=list(PALETTE), height=340,
-                      margin={"l": 60, "r": 20, "t": 70, "b": 40},
-                      title={"text": title or default_title, "x": 0.01, "font": {"size": 15}},
-                      hovermode="x unified", legend={"orientation": "h", "y": -0.2})
+    default_title = (
+        f"payment latency (s): p50 and p99 of the last {ROLLING_S} s" if rolling else "payment latency (s) per second"
+    )
+    fig.update_layout(
+        template="plotly_white",
+        colorway=list(PALETTE),
+        height=340,
+        margin={"l": 60, "r": 20, "t": 70, "b": 40},
+        title={"text": title or default_title, "x": 0.01, "font": {"size": 15}},
+        hovermode="x unified",
+        legend={"orientation": "h", "y": -0.2},
+    )
     fig.update_xaxes(type="date", tickformatstops=STORY_TICKS, hoverformat="%H:%M:%S")
     fig.update_yaxes(**_latency_axis())
     x = [story_x(c) for c in series["clock"]]

@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
-import math
 import threading
 import weakref
 from collections.abc import Iterable, Mapping, Sequence
@@ -36,13 +35,13 @@ from typing import Any
 
 import ipywidgets as widgets
 
-from ..domain import ValidationError
-from ..metrics import hhmmss
-from ..phases import get_phase
-from ..runner import DEFAULT_BACKEND, DEFAULT_SCALE, DEFAULT_SEED, LiveRun, RunConfig, RunResult
-from ..scenarios import get_scenario
-from .dashboard import Dashboard
-from .panel import ControlPanel, _describe
+from payflow_lab.core.errors import ValidationError
+from payflow_lab.core.recorder import hhmmss
+from payflow_lab.core.validation import number
+from payflow_lab.lab.dashboard import Dashboard
+from payflow_lab.lab.panel import ControlPanel, _describe
+from payflow_lab.phases import get_phase
+from payflow_lab.runner import DEFAULT_BACKEND, DEFAULT_SCALE, DEFAULT_SEED, LiveRun, RunConfig, RunResult
 
 __all__ = ["LIVE_STATES", "FINAL_STATES", "LiveSession", "close_all", "live_threads"]
 
@@ -87,26 +86,45 @@ class LiveSession:
     :class:`~payflow_lab.RunResult` of the last run that ended.
     """
 
-    def __init__(self, *, scenario: str = "normal", phase: int = 1, phases: Iterable[int] | None = None,
-                 scenarios: Iterable[str] | None = None, seed: int = DEFAULT_SEED, scale: float = DEFAULT_SCALE,
-                 duration: float | None = None, pace: float = 30.0, faults: Mapping[str, Any] | None = None,
-                 panels: Mapping[str, Sequence[str]] | None = None, window_minutes: float = 10.0,
-                 memory: str = "tracemalloc", backend: str = DEFAULT_BACKEND, interval: float = 0.1,
-                 autopoll: bool = True) -> None:
-        RunConfig(scenario=scenario, phase=phase, seed=seed, scale=scale, duration=duration, memory=memory,
-                  backend=backend, faults=dict(faults or {}))  # every run setting checked before any widget exists
-        low, high = INTERVAL_LIMITS
-        if (isinstance(interval, bool) or not isinstance(interval, (int, float)) or not math.isfinite(interval)
-                or not low <= interval <= high):
-            raise ValidationError("interval", f"must be between {low:g} and {high:g} seconds, got {interval!r}")
+    def __init__(
+        self,
+        *,
+        scenario: str = "normal",
+        phase: int = 1,
+        phases: Iterable[int] | None = None,
+        scenarios: Iterable[str] | None = None,
+        seed: int = DEFAULT_SEED,
+        scale: float = DEFAULT_SCALE,
+        duration: float | None = None,
+        pace: float = 30.0,
+        faults: Mapping[str, Any] | None = None,
+        panels: Mapping[str, Sequence[str]] | None = None,
+        window_minutes: float = 10.0,
+        memory: str = "tracemalloc",
+        backend: str = DEFAULT_BACKEND,
+        interval: float = 0.1,
+        autopoll: bool = True,
+    ) -> None:
+        RunConfig(
+            scenario=scenario,
+            phase=phase,
+            seed=seed,
+            scale=scale,
+            duration=duration,
+            memory=memory,
+            backend=backend,
+            faults=dict(faults or {}),
+        )  # every run setting checked before any widget exists
+        number("interval", interval, minimum=INTERVAL_LIMITS[0], maximum=INTERVAL_LIMITS[1], unit=" seconds")
         self.scale = scale
         self.duration = duration
         self.memory = memory
         self.backend = backend
         self.interval = float(interval)
         self.autopoll = bool(autopoll)
-        self.panel = ControlPanel(scenario=scenario, phase=phase, phases=phases, scenarios=scenarios, seed=seed,
-                                  pace=pace, faults=faults)
+        self.panel = ControlPanel(
+            scenario=scenario, phase=phase, phases=phases, scenarios=scenarios, seed=seed, pace=pace, faults=faults
+        )
         self.dashboard = Dashboard(panels, window_minutes=window_minutes, memory=memory != "off")
         self.widget = widgets.VBox([self.panel.widget, self.dashboard.widget])
         self.widget.add_class("payflow-session")
@@ -142,15 +160,25 @@ class LiveSession:
         if self.autopoll:
             loop = self._poll_loop()
             if loop is None:
-                self.panel.set_status("no running event loop to update the dashboard from: use this in a "
-                                      "Jupyter kernel, or create the session with autopoll=False and call "
-                                      "poll_once()", error=True)
+                self.panel.set_status(
+                    "no running event loop to update the dashboard from: use this in a "
+                    "Jupyter kernel, or create the session with autopoll=False and call "
+                    "poll_once()",
+                    error=True,
+                )
                 return False
         panel = self.panel
         try:
-            config = RunConfig(scenario=panel.selected_scenario, phase=panel.selected_phase,
-                               seed=panel.selected_seed, scale=self.scale, duration=self.duration,
-                               memory=self.memory, backend=self.backend, faults=panel.changed_faults())
+            config = RunConfig(
+                scenario=panel.selected_scenario,
+                phase=panel.selected_phase,
+                seed=panel.selected_seed,
+                scale=self.scale,
+                duration=self.duration,
+                memory=self.memory,
+                backend=self.backend,
+                faults=panel.changed_faults(),
+            )
             live = LiveRun(config, pace=panel.selected_pace)
         except ValidationError as exc:
             panel.set_status(str(exc), error=True)
@@ -168,8 +196,11 @@ class LiveSession:
             self._set_state("failed", f"the run could not start: {_describe(exc)}")
             return False
         changed = ", ".join(f"{k}={v}" for k, v in sorted(config.faults.items())) or "no faults of your own"
-        self._set_state("running", f"{config.scenario}, phase {config.phase}, seed {config.seed}, "
-                                   f"{panel.selected_pace:g} simulated s per s; {changed}")
+        self._set_state(
+            "running",
+            f"{config.scenario}, phase {config.phase}, seed {config.seed}, "
+            f"{panel.selected_pace:g} simulated s per s; {changed}",
+        )
         if loop is not None:
             self._schedule(loop)
         return True
@@ -247,6 +278,7 @@ class LiveSession:
         With ``timeout`` (real seconds) it raises :class:`TimeoutError` if the
         run is still live by then.
         """
+
         async def until_done() -> None:
             while self.state in LIVE_STATES:
                 if not self._polling:
@@ -399,8 +431,9 @@ class LiveSession:
 
     @staticmethod
     def _title(config: RunConfig) -> str:
-        return (f"{get_scenario(config.scenario).title} · phase {config.phase} "
-                f"({get_phase(config.phase).name}) · seed {config.seed}")
+        return (
+            f"{config.scenario_obj.title} · phase {config.phase} ({get_phase(config.phase).name}) · seed {config.seed}"
+        )
 
     @staticmethod
     def _ending(result: RunResult | None) -> str:
@@ -408,5 +441,7 @@ class LiveSession:
             return "ended without a result"
         pay = result.summary["payments"]
         clock = result.series.get("clock") or [0.0]
-        return (f"ended at {hhmmss(clock[-1])}: {pay['attempted']:,} payments, {pay['authorized']:,} "
-                f"authorized, {pay['failed']:,} failed, {pay['stuck']:,} stuck (${pay['stuck_dollars']:,.0f})")
+        return (
+            f"ended at {hhmmss(clock[-1])}: {pay['attempted']:,} payments, {pay['authorized']:,} "
+            f"authorized, {pay['failed']:,} failed, {pay['stuck']:,} stuck (${pay['stuck_dollars']:,.0f})"
+        )

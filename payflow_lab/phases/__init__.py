@@ -15,10 +15,11 @@ from __future__ import annotations
 
 from importlib import import_module
 
-from ..domain import ValidationError
-from .base import Pipeline
+from payflow_lab.core.errors import ValidationError
+from payflow_lab.phases.base import Pipeline
+from payflow_lab.phases.observation import Observable, Observation
 
-__all__ = ["PHASES", "Pipeline", "available_phases", "get_phase"]
+__all__ = ["PHASES", "Observable", "Observation", "Pipeline", "available_phases", "get_phase"]
 
 #: Phase number -> "module:class". A phase is available once its module exists.
 PHASES: dict[int, str] = {

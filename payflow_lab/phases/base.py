@@ -13,9 +13,10 @@ from collections.abc import Awaitable, Callable
 from contextlib import AsyncExitStack
 from typing import Any, ClassVar
 
-from ..domain import Payment
-from ..metrics import Recorder
-from ..world import World
+from payflow_lab.core.domain import Payment
+from payflow_lab.core.recorder import Recorder
+from payflow_lab.core.world import World
+from payflow_lab.phases.observation import Observation
 
 __all__ = ["Pipeline"]
 
@@ -62,6 +63,10 @@ class Pipeline:
     def summary(self) -> dict[str, Any]:
         """Phase-specific keys added to the run's summary."""
         return {}
+
+    def observe(self) -> Observation:
+        """What monitoring, the lab and the reports may see of this pipeline: live objects, typed."""
+        return Observation(phase=self.number, name=self.name, world=self.world, recorder=self.recorder)
 
     # ------------------------------------------------------------- helpers
     async def tracked(self, fn: Callable[..., Awaitable[Any]], *args: Any) -> None:

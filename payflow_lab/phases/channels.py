@@ -54,12 +54,13 @@ import anyio
 import anyio.abc
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
-from ..calibration import WEBHOOK_TIMEOUT_S
-from ..domain import Payment, Tier
-from ..metrics import percentile
-from ..world import SIDE_EFFECT_KINDS, EndpointError
-from .base import Pipeline
-from .leaks import endpoints_hanging, lose_pending
+from payflow_lab.core.calibration import WEBHOOK_TIMEOUT_S
+from payflow_lab.core.domain import Payment, Tier
+from payflow_lab.core.errors import EndpointError
+from payflow_lab.core.recorder import percentile
+from payflow_lab.core.world import SIDE_EFFECT_KINDS
+from payflow_lab.phases.base import Pipeline
+from payflow_lab.phases.leaks import endpoints_hanging, lose_pending
 
 __all__ = ["ChannelPipeline", "Job"]
 
@@ -94,12 +95,14 @@ class ChannelPipeline(Pipeline):
     lesson = ("bounded streams keep memory flat, but a reply stream abandoned on timeout leaks a task per slow "
               "call, until one slow merchant blocks every merchant's webhooks")
 
+    #: Every worker and courier, one group for the life of the process (opened by :meth:`start`).
+    _tasks: anyio.abc.TaskGroup
+
     def __init__(self, world: Any) -> None:
         super().__init__(world)
         self.workers = max(1, round(WORKERS_PER_STREAM * world.scale))
         self.buffer = max(1, round(BUFFER_PER_STREAM * world.scale))
         self.inboxes: dict[str, MemoryObjectSendStream[Job]] = {}
-        self._tasks: anyio.abc.TaskGroup | None = None
         self.refused: Counter[str] = Counter()          # side effects refused at the door: stream full
         self.abandoned = 0                              # couriers a worker stopped waiting for
         self.waits: dict[str, list[float]] = {tier.value: [] for tier in Tier}  # webhook: enqueued -> call starts
@@ -169,9 +172,10 @@ class ChannelPipeline(Pipeline):
                 replies, reply = anyio.create_memory_object_stream[Reply](0)   # one reply stream per call
                 await to_courier.send((job, replies))    # LEAK: blocks for ever once this courier is stuck
                 sent = self.world.clock()
-                outcome, reason = "failed", f"no reply within {REPLY_WAIT_S:g} s"
+                result: Reply = ("failed", f"no reply within {REPLY_WAIT_S:g} s")
                 with anyio.move_on_after(REPLY_WAIT_S) as waited:
-                    outcome, reason = await reply.receive()
+                    result = await reply.receive()
+                outcome, reason = result
                 if waited.cancelled_caught:
                     self._abandon()                      # LEAK: walks away without reply.close();
                                                          # the courier's send() will wait for ever
@@ -211,8 +215,7 @@ class ChannelPipeline(Pipeline):
             recorder.event(f"shutdown hangs: killed after {SHUTDOWN_GRACE_S:g} s with {self.leaked['at_end']:,} "
                            f"tasks still blocked; {self.lost['total']:,} side effects lost")
         self.recorder.process_killed()
-        if self._tasks is not None:
-            self._tasks.cancel_scope.cancel()
+        self._tasks.cancel_scope.cancel()
 
     # --------------------------------------------------------------- measuring
     def _queued(self, kind: str) -> int:

@@ -20,7 +20,7 @@ endpoints hang, and side effects lost at shutdown.
 
 The tasks here go into an anyio task group, which holds a strong reference
 to each one. Written with ``asyncio.create_task`` and no saved reference,
-the same code has one more trap: see :mod:`payflow_lab.traps`.
+the same code has one more trap: see :mod:`payflow_lab.lab.traps`.
 
 Cured by: Phase 4 (the hook bus: bounded queues, a fixed worker pool,
 timeouts enforced by cancellation, a graceful shutdown with a deadline), then
@@ -36,10 +36,10 @@ from typing import Any
 import anyio
 import anyio.abc
 
-from ..domain import Payment
-from ..world import SIDE_EFFECT_KINDS
-from .base import Pipeline
-from .leaks import bytes_per_task, endpoints_hanging, growth_while_hanging, lose_pending
+from payflow_lab.core.domain import Payment
+from payflow_lab.core.world import SIDE_EFFECT_KINDS
+from payflow_lab.phases.base import Pipeline
+from payflow_lab.phases.leaks import bytes_per_task, endpoints_hanging, growth_while_hanging, lose_pending
 
 __all__ = ["FireAndForgetPipeline"]
 
@@ -53,9 +53,11 @@ class FireAndForgetPipeline(Pipeline):
     lesson = ("one unbounded, untimed background task per side effect: payments are fast, but hanging "
               "endpoints pile up tasks and memory, and work in flight is lost at shutdown")
 
+    #: The background tasks, one group for the life of the process (opened by :meth:`start`).
+    _tasks: anyio.abc.TaskGroup
+
     def __init__(self, world: Any) -> None:
         super().__init__(world)
-        self._tasks: anyio.abc.TaskGroup | None = None
         self.lost: dict[str, Any] = {"total": 0, "by_kind": {}}
         self.recorder.add_gauge("endpoints_hanging", lambda: endpoints_hanging(world.faults))
 
@@ -90,8 +92,7 @@ class FireAndForgetPipeline(Pipeline):
             self.recorder.event(f"process stops with {lost['total']:,} side effect(s) in flight, all lost "
                                 f"({lost['by_kind'].get('audit', 0):,} of them audit-log writes)")
         self.recorder.process_killed()
-        if self._tasks is not None:
-            self._tasks.cancel_scope.cancel()
+        self._tasks.cancel_scope.cancel()
 
     def summary(self) -> dict[str, Any]:
         series = self.recorder.series

@@ -22,7 +22,9 @@ happens to the side effects, and above all to the merchant webhook:
 * **graceful degradation**: webhooks have their own emission and their lanes
   spill into the backlog instead of refusing, so even if every webhook
   fails, payments, audit writes and the rest carry on untouched;
-* **Prometheus metrics** for every hook and every part: :attr:`HardenedPipeline.registry`.
+* **Prometheus metrics** for every hook and every part:
+  ``payflow_lab.observe.registry_for(pipeline)`` reads them through
+  :meth:`HardenedPipeline.observe`.
 
 The global timeout, and the risk score
 --------------------------------------
@@ -41,20 +43,27 @@ from __future__ import annotations
 import math
 from collections import Counter
 from contextlib import AsyncExitStack
+from dataclasses import replace
 from typing import Any
 
 import anyio
 
-from ..calibration import DB_WRITES, WEBHOOK_TIMEOUT_S
-from ..db import PoolTimeout
-from ..domain import Payment
-from ..hooks import Handle, HookBus, Outcome, Rejected
-from ..world import SIDE_EFFECT_KINDS, World
-from .base import Pipeline
-from .delivery import WebhookDelivery
+from payflow_lab.core.calibration import DB_WRITES, WEBHOOK_TIMEOUT_S
+from payflow_lab.core.domain import Payment
+from payflow_lab.core.errors import GaveUp, PoolTimeout, Rejected
+from payflow_lab.core.world import SIDE_EFFECT_KINDS, World
+from payflow_lab.hooks import Handle, HookBus, Outcome
+from payflow_lab.phases.base import Pipeline
 
 # Phase 5 keeps Phase 4's database and shutdown budgets.
-from .hook_bus import _DROP_REASONS, CHECKOUT_TIMEOUT_S, SHUTDOWN_DEADLINE_S, SIDE_EFFECT_CHECKOUT_TIMEOUT_S
+from payflow_lab.phases.hook_bus import (
+    _DROP_REASONS,
+    CHECKOUT_TIMEOUT_S,
+    SHUTDOWN_DEADLINE_S,
+    SIDE_EFFECT_CHECKOUT_TIMEOUT_S,
+)
+from payflow_lab.phases.observation import Observation
+from payflow_lab.phases.webhook_lanes import WebhookDelivery
 
 __all__ = ["CAPACITY", "HardenedPipeline", "INTERNAL_KINDS"]
 
@@ -74,10 +83,6 @@ CALL_TIMEOUT_S = WEBHOOK_TIMEOUT_S
 SECOND_TRY_JITTER_S = 0.2
 #: The bus's timeout on one internal handler: two calls at 5 s each, plus the pause between them.
 INTERNAL_ENVELOPE_S = 2 * CALL_TIMEOUT_S + 1.0
-
-
-class GaveUp(Exception):
-    """An internal side effect timed out on every attempt; the message says how."""
 
 
 class HardenedPipeline(Pipeline):
@@ -103,10 +108,6 @@ class HardenedPipeline(Pipeline):
                 queue_size=max(10, math.ceil(queue_size * world.scale)))
         self.webhooks = WebhookDelivery(world, self.bus)
         self._pump_scope: anyio.CancelScope | None = None
-        from ..monitoring import registry_for
-
-        #: This run's own Prometheus registry (``prometheus_client.generate_latest(registry)``).
-        self.registry = registry_for(self)
 
     def _handler(self, kind: str) -> Any:
         """The handler of an internal side effect: a call under the global timeout, and one more if it times out.
@@ -144,9 +145,9 @@ class HardenedPipeline(Pipeline):
         gauges = self.recorder.add_gauge
         webhooks = self.webhooks
         for kind, handle in self.handles.items():  # before the first await: no sample goes without them
-            gauges(f"queue_{kind}", lambda handle=handle: handle.queued)
+            gauges(f"queue_{kind}", handle.queue_depth)
         for tier, lane in webhooks.lanes.items():
-            gauges(f"lane_{tier.value}", lambda lane=lane: lane.queued)
+            gauges(f"lane_{tier.value}", lane.queue_depth)
         gauges("breakers_open", lambda: len(webhooks.not_closed))
         gauges("deferred_webhooks", lambda: webhooks.deferred)
         gauges("webhooks_delivered", lambda: webhooks.delivered)
@@ -208,6 +209,10 @@ class HardenedPipeline(Pipeline):
         if report.abandoned:
             what += f"; {report.abandoned} still running (their handlers ignore cancellation)"
         self.recorder.event(what)
+
+    def observe(self) -> Observation:
+        return replace(super().observe(), bus=self.bus, handles=self.handles, second_tries=self.second_tries,
+                       webhooks=self.webhooks)
 
     async def replay_dead_letters(self, **options: Any) -> Any:
         """Replay dead-lettered webhooks (see :meth:`.delivery.WebhookDelivery.replay_dead_letters`)."""

@@ -35,13 +35,16 @@ from __future__ import annotations
 
 import math
 from contextlib import AsyncExitStack
+from dataclasses import replace
 from typing import Any
 
-from ..calibration import DB_WRITES, WEBHOOK_TIMEOUT_S
-from ..domain import Payment
-from ..hooks import Handle, HookBus, Outcome, Rejected
-from ..world import SIDE_EFFECT_KINDS, World
-from .base import Pipeline
+from payflow_lab.core.calibration import DB_WRITES, WEBHOOK_TIMEOUT_S
+from payflow_lab.core.domain import Payment
+from payflow_lab.core.errors import Rejected
+from payflow_lab.core.world import SIDE_EFFECT_KINDS, World
+from payflow_lab.hooks import Handle, HookBus, Outcome
+from payflow_lab.phases.base import Pipeline
+from payflow_lab.phases.observation import Observation
 
 __all__ = ["CAPACITY", "HookBusPipeline"]
 
@@ -105,7 +108,7 @@ class HookBusPipeline(Pipeline):
 
     async def start(self, stack: AsyncExitStack) -> None:
         for kind, handle in self.handles.items():  # before the first await: no sample goes without them
-            self.recorder.add_gauge(f"queue_{kind}", lambda handle=handle: handle.queued)
+            self.recorder.add_gauge(f"queue_{kind}", handle.queue_depth)
         await stack.enter_async_context(self.bus)
 
     async def process_payment(self, payment: Payment) -> None:
@@ -152,3 +155,6 @@ class HookBusPipeline(Pipeline):
             "db_pool": self.world.pool.summary(),
             "hooks": self.bus.summary(),
         }
+
+    def observe(self) -> Observation:
+        return replace(super().observe(), bus=self.bus, handles=self.handles)

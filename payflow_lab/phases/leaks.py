@@ -21,8 +21,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from ..faults import EndpointMode, FaultPlan
-from ..metrics import Recorder
+from payflow_lab.core.faults import EndpointMode, FaultPlan
+from payflow_lab.core.recorder import Recorder
 
 __all__ = ["bytes_per_task", "endpoints_hanging", "growth_while_hanging", "least_squares", "lose_pending"]
 

@@ -23,10 +23,10 @@ from typing import Any
 
 import anyio
 
-from ..calibration import SYNC_WEBHOOK_ATTEMPTS, WEBHOOK_TIMEOUT_S
-from ..domain import Payment
-from ..world import EndpointError
-from .base import Pipeline
+from payflow_lab.core.calibration import SYNC_WEBHOOK_ATTEMPTS, WEBHOOK_TIMEOUT_S
+from payflow_lab.core.domain import Payment
+from payflow_lab.core.errors import EndpointError
+from payflow_lab.phases.base import Pipeline
 
 __all__ = ["SynchronousPipeline"]
 

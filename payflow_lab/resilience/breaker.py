@@ -77,8 +77,8 @@ from dataclasses import dataclass
 from enum import Enum
 from typing import Any, Generic, TypeVar
 
-from ..domain import ValidationError
-from ._checks import Clock, default_clock, exception_types, integer, number
+from payflow_lab.core.errors import BreakerOpen, ValidationError
+from payflow_lab.core.validation import Clock, default_clock, exception_types, integer, number
 
 __all__ = [
     "BreakerConfig",
@@ -129,9 +129,10 @@ class BreakerConfig:
 
     def __post_init__(self) -> None:
         if self.failure_ratio is None and self.consecutive_failures is None:
-            raise ValidationError("failure_ratio",
-                                  "is None and so is consecutive_failures: the breaker could never open; "
-                                  "set at least one")
+            raise ValidationError(
+                "failure_ratio",
+                "is None and so is consecutive_failures: the breaker could never open; set at least one",
+            )
         if self.failure_ratio is not None:
             number("failure_ratio", self.failure_ratio, above=0.0, maximum=1.0)
         integer("minimum_throughput", self.minimum_throughput, minimum=1)
@@ -139,8 +140,10 @@ class BreakerConfig:
             integer("window_size", self.window_size, minimum=1)
             if self.window_size < self.minimum_throughput:
                 raise ValidationError(
-                    "window_size", f"a count window of {self.window_size} calls can never reach "
-                    f"minimum_throughput={self.minimum_throughput}")
+                    "window_size",
+                    f"a count window of {self.window_size} calls can never reach "
+                    f"minimum_throughput={self.minimum_throughput}",
+                )
         elif self.window_type == "time":
             number("window_size", self.window_size, above=0.0)
         else:
@@ -162,8 +165,13 @@ class Transition:
     reason: str
 
     def as_dict(self) -> dict[str, Any]:
-        return {"at": self.at, "name": self.name, "from": self.from_state.value,
-                "to": self.to_state.value, "reason": self.reason}
+        return {
+            "at": self.at,
+            "name": self.name,
+            "from": self.from_state.value,
+            "to": self.to_state.value,
+            "reason": self.reason,
+        }
 
 
 @dataclass(frozen=True, slots=True)
@@ -176,22 +184,6 @@ class WindowStats:
     @property
     def failure_ratio(self) -> float:
         return self.failures / self.calls if self.calls else 0.0
-
-
-class BreakerOpen(Exception):
-    """The breaker rejected the call without making it.
-
-    ``retry_after`` is the number of seconds until the break ends (when
-    ``state`` is ``open``), or ``None`` when the breaker is half-open and its
-    probes are still out: the verdict is pending and no time can be promised.
-    """
-
-    def __init__(self, name: str, state: BreakerState, retry_after: float | None) -> None:
-        wait = "probes in flight" if retry_after is None else f"retry after {retry_after:.3f}s"
-        super().__init__(f"circuit breaker {name!r} is {state}: call not made ({wait})")
-        self.name = name
-        self.state = state
-        self.retry_after = retry_after
 
 
 class _CountWindow:
@@ -302,11 +294,16 @@ class CircuitBreaker:
     :attr:`transitions` keeps (the most recent; all are counted).
     """
 
-    def __init__(self, config: BreakerConfig | None = None, *, name: str = "breaker",
-                 clock: Clock | None = None,
-                 on_transition: Callable[[Transition], None] | None = None,
-                 failure_on: type[BaseException] | tuple[type[BaseException], ...] = Exception,
-                 history: int = HISTORY) -> None:
+    def __init__(
+        self,
+        config: BreakerConfig | None = None,
+        *,
+        name: str = "breaker",
+        clock: Clock | None = None,
+        on_transition: Callable[[Transition], None] | None = None,
+        failure_on: type[BaseException] | tuple[type[BaseException], ...] = Exception,
+        history: int = HISTORY,
+    ) -> None:
         if config is None:
             config = BreakerConfig()
         if not isinstance(config, BreakerConfig):
@@ -321,10 +318,12 @@ class CircuitBreaker:
         self.failure_on = exception_types("failure_on", failure_on)
         self._clock = default_clock(clock)
         self._window: _CountWindow | _TimeWindow = (
-            _CountWindow(int(config.window_size)) if config.window_type == "count"
-            else _TimeWindow(float(config.window_size)))
+            _CountWindow(int(config.window_size))
+            if config.window_type == "count"
+            else _TimeWindow(float(config.window_size))
+        )
         self._state = BreakerState.CLOSED
-        self._period = 0          # bumped on every transition; permits from older periods are stale
+        self._period = 0  # bumped on every transition; permits from older periods are stale
         self._opened_at = 0.0
         self._consecutive = 0
         self._probes_out = 0
@@ -462,8 +461,12 @@ class CircuitBreaker:
         if config.failure_ratio is not None:
             stats = self._window.stats(now)
             if stats.calls >= config.minimum_throughput and stats.failure_ratio >= config.failure_ratio:
-                self._move(BreakerState.OPEN, now, f"{stats.failures} of {stats.calls} calls failed "
-                                                   f"(ratio {stats.failure_ratio:.2f} >= {config.failure_ratio:g})")
+                self._move(
+                    BreakerState.OPEN,
+                    now,
+                    f"{stats.failures} of {stats.calls} calls failed "
+                    f"(ratio {stats.failure_ratio:.2f} >= {config.failure_ratio:g})",
+                )
 
     def _release(self, period: int, probe: bool) -> None:
         if probe and period == self._period:
@@ -494,10 +497,16 @@ class KeyedCircuitBreaker(Generic[K]):
     breakers together, in the order they happened; ``transitions_total`` counts them all.
     """
 
-    def __init__(self, config: BreakerConfig | None = None, *, clock: Clock | None = None,
-                 on_transition: Callable[[Transition], None] | None = None,
-                 failure_on: type[BaseException] | tuple[type[BaseException], ...] = Exception,
-                 history: int = HISTORY, keyed_history: int = KEYED_HISTORY) -> None:
+    def __init__(
+        self,
+        config: BreakerConfig | None = None,
+        *,
+        clock: Clock | None = None,
+        on_transition: Callable[[Transition], None] | None = None,
+        failure_on: type[BaseException] | tuple[type[BaseException], ...] = Exception,
+        history: int = HISTORY,
+        keyed_history: int = KEYED_HISTORY,
+    ) -> None:
         self.config = config if config is not None else BreakerConfig()
         if not isinstance(self.config, BreakerConfig):
             raise ValidationError("config", f"must be a BreakerConfig, got {type(config).__name__}")
@@ -518,9 +527,14 @@ class KeyedCircuitBreaker(Generic[K]):
     def __getitem__(self, key: K) -> CircuitBreaker:
         breaker = self._breakers.get(key)
         if breaker is None:
-            breaker = CircuitBreaker(self.config, name=str(key), clock=self._clock,
-                                     on_transition=self._record, failure_on=self._failure_on,
-                                     history=self._history)
+            breaker = CircuitBreaker(
+                self.config,
+                name=str(key),
+                clock=self._clock,
+                on_transition=self._record,
+                failure_on=self._failure_on,
+                history=self._history,
+            )
             self._breakers[key] = breaker
         return breaker
 

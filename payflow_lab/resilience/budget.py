@@ -23,7 +23,7 @@ Written by hand: tenacity has per-call stop conditions but no shared budget.
 
 from __future__ import annotations
 
-from ._checks import Clock, default_clock, number
+from payflow_lab.core.validation import Clock, default_clock, number
 
 __all__ = ["RetryBudget"]
 
@@ -35,12 +35,22 @@ class RetryBudget:
     ``refill_per_s`` is positive.
     """
 
-    def __init__(self, *, ratio: float = 0.1, max_tokens: float = 10.0, initial_tokens: float | None = None,
-                 refill_per_s: float = 0.0, clock: Clock | None = None) -> None:
+    def __init__(
+        self,
+        *,
+        ratio: float = 0.1,
+        max_tokens: float = 10.0,
+        initial_tokens: float | None = None,
+        refill_per_s: float = 0.0,
+        clock: Clock | None = None,
+    ) -> None:
         self.ratio = number("ratio", ratio, minimum=0.0, maximum=1.0)
         self.max_tokens = number("max_tokens", max_tokens, minimum=1.0)
-        start = self.max_tokens if initial_tokens is None else number(
-            "initial_tokens", initial_tokens, minimum=0.0, maximum=self.max_tokens)
+        start = (
+            self.max_tokens
+            if initial_tokens is None
+            else number("initial_tokens", initial_tokens, minimum=0.0, maximum=self.max_tokens)
+        )
         self.refill_per_s = number("refill_per_s", refill_per_s, minimum=0.0)
         self._clock = default_clock(clock)
         self._tokens = start

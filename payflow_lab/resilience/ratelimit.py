@@ -39,21 +39,13 @@ from typing import Generic, TypeVar
 
 import anyio
 
-from ..domain import Merchant, ValidationError
-from ._checks import Clock, default_clock, integer, number
+from payflow_lab.core.domain import Merchant
+from payflow_lab.core.errors import RateLimited, ValidationError
+from payflow_lab.core.validation import Clock, default_clock, integer, number
 
 __all__ = ["KeyedRateLimiter", "RateLimit", "RateLimited", "TokenBucket"]
 
 K = TypeVar("K")
-
-
-class RateLimited(Exception):
-    """The wait for a token would exceed ``max_wait``; ``retry_after`` is how long it would have been."""
-
-    def __init__(self, name: str, retry_after: float) -> None:
-        super().__init__(f"rate limit {name!r}: next token in {retry_after:.3f}s")
-        self.name = name
-        self.retry_after = retry_after
 
 
 @dataclass(frozen=True, slots=True)

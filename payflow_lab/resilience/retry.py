@@ -26,11 +26,11 @@ caller gets :class:`RetryExhausted`, whose ``reason`` says which limit ended it.
 
 Built on tenacity's :class:`~tenacity.AsyncRetrying`, which runs on asyncio
 and trio alike; it is told to sleep with :func:`anyio.sleep`, so its sleeps are
-virtual under :func:`payflow_lab.vtime.run_virtual`. tenacity's own random
+virtual under :func:`payflow_lab.core.vtime.run_virtual`. tenacity's own random
 waits (``wait_random_exponential``, ``wait_random``) draw from the global
 :mod:`random` module, which would make runs irreproducible, so the jittered
 waits here are tenacity wait strategies that draw from an injected
-:class:`random.Random`, or per call from a :class:`~payflow_lab.dice.Dice`
+:class:`random.Random`, or per call from a :class:`~payflow_lab.core.dice.Dice`
 (``run(..., jitter_rng=world.dice(payment, "retry"))`` in the simulation, so
 that which call retries first cannot change anyone's wait).
 """
@@ -46,11 +46,11 @@ from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type
 from tenacity.stop import stop_base
 from tenacity.wait import wait_base, wait_exponential
 
-from ..dice import Dice
-from ..domain import ValidationError
-from ._checks import exception_types, integer, number
-from .budget import RetryBudget
-from .deadletter import RETRIES_EXHAUSTED, RETRY_BUDGET_EMPTY
+from payflow_lab.core.dice import Dice
+from payflow_lab.core.errors import RetryExhausted, ValidationError
+from payflow_lab.core.validation import exception_types, integer, number
+from payflow_lab.resilience.budget import RetryBudget
+from payflow_lab.resilience.dead_letters import RETRIES_EXHAUSTED, RETRY_BUDGET_EMPTY
 
 __all__ = ["DecorrelatedJitter", "FullJitter", "JITTERS", "RetryExhausted", "RetryPolicy"]
 
@@ -122,23 +122,6 @@ class DecorrelatedJitter(wait_base):
         return self.delay(previous)
 
 
-class RetryExhausted(Exception):
-    """A call failed and will not be retried again.
-
-    ``reason`` is ``"retries_exhausted"`` (``max_attempts`` reached) or
-    ``"retry_budget_empty"``, the same tokens a dead letter's reason uses;
-    ``attempts`` is how many were made; ``last_error`` (also the
-    ``__cause__``) is the last attempt's exception.
-    """
-
-    def __init__(self, reason: str, attempts: int, last_error: BaseException) -> None:
-        why = {RETRIES_EXHAUSTED: "no attempts left", RETRY_BUDGET_EMPTY: "retry budget empty"}.get(reason, reason)
-        super().__init__(f"gave up after {attempts} attempt(s), {why}: {type(last_error).__name__}: {last_error}")
-        self.reason = reason
-        self.attempts = attempts
-        self.last_error = last_error
-
-
 class _StopRule(stop_base):
     """Stop at ``max_attempts``; otherwise a retry must be paid for from the budget. Remembers why it stopped."""
 
@@ -170,10 +153,18 @@ class RetryPolicy:
     over every :meth:`run`.
     """
 
-    def __init__(self, *, max_attempts: int = 4, base_delay: float = 0.5, max_delay: float = 30.0,
-                 jitter: str = "full", rng: random.Random | None = None, budget: RetryBudget | None = None,
-                 retry_on: type[Exception] | tuple[type[Exception], ...] = Exception,
-                 on_retry: Callable[[int, BaseException, float], None] | None = None) -> None:
+    def __init__(
+        self,
+        *,
+        max_attempts: int = 4,
+        base_delay: float = 0.5,
+        max_delay: float = 30.0,
+        jitter: str = "full",
+        rng: random.Random | None = None,
+        budget: RetryBudget | None = None,
+        retry_on: type[Exception] | tuple[type[Exception], ...] = Exception,
+        on_retry: Callable[[int, BaseException, float], None] | None = None,
+    ) -> None:
         self.max_attempts = integer("max_attempts", max_attempts, minimum=1)
         self.base_delay, self.max_delay = _check_delays(base_delay, max_delay)
         if jitter == "full":
@@ -200,8 +191,9 @@ class RetryPolicy:
         self.retries = 0
         self.exhausted: dict[str, int] = {RETRIES_EXHAUSTED: 0, RETRY_BUDGET_EMPTY: 0}
 
-    async def run(self, fn: Callable[..., Awaitable[T]], *args: Any,
-                  jitter_rng: random.Random | Dice | None = None, **kwargs: Any) -> T:
+    async def run(
+        self, fn: Callable[..., Awaitable[T]], *args: Any, jitter_rng: random.Random | Dice | None = None, **kwargs: Any
+    ) -> T:
         """``await fn(*args, **kwargs)``, retrying as configured; raise :class:`RetryExhausted` on giving up.
 
         Exceptions outside ``retry_on`` propagate unchanged on the first
@@ -252,7 +244,12 @@ class RetryPolicy:
                 self.on_retry(state.attempt_number, state.outcome.exception(), state.upcoming_sleep)  # type: ignore[arg-type]
 
         # A fresh AsyncRetrying per call: tenacity keeps per-iteration state on the object.
-        retrying = AsyncRetrying(sleep=anyio.sleep, stop=stop, wait=wait,
-                                 retry=retry_if_exception_type(self.retry_on),
-                                 before_sleep=before_sleep, retry_error_callback=give_up)
+        retrying = AsyncRetrying(
+            sleep=anyio.sleep,
+            stop=stop,
+            wait=wait,
+            retry=retry_if_exception_type(self.retry_on),
+            before_sleep=before_sleep,
+            retry_error_callback=give_up,
+        )
         return await retrying(attempt)

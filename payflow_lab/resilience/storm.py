@@ -37,13 +37,13 @@ from dataclasses import asdict, dataclass
 
 import anyio
 
-from ..domain import ValidationError
-from ..vtime import BACKENDS, in_virtual_time
-from ._checks import integer, number
-from .budget import RetryBudget
-from .deadletter import DeadLetter, InMemoryDeadLetters
-from .ratelimit import TokenBucket
-from .retry import RetryExhausted, RetryPolicy
+from payflow_lab.core.errors import RetryExhausted, ValidationError
+from payflow_lab.core.validation import integer, number
+from payflow_lab.core.vtime import BACKENDS, in_virtual_time
+from payflow_lab.resilience.budget import RetryBudget
+from payflow_lab.resilience.dead_letters import DeadLetter, InMemoryDeadLetters
+from payflow_lab.resilience.ratelimit import TokenBucket
+from payflow_lab.resilience.retry import RetryPolicy
 
 __all__ = ["POLICIES", "StormResult", "compare_storm", "simulate_storm"]
 
@@ -130,10 +130,21 @@ class _Endpoint:
         self.served[second] += 1
 
 
-def simulate_storm(policy: str = "full_jitter", *, clients: int = 100, outage_s: float = 10.0,
-                   capacity_per_s: int = 20, base_delay: float = 1.0, max_delay: float = 60.0,
-                   max_attempts: int = 12, budget_tokens: float = 20.0, budget_ratio: float = 0.1,
-                   replay_every_s: float | None = 15.0, seed: int = 0, backend: str = "asyncio") -> StormResult:
+def simulate_storm(
+    policy: str = "full_jitter",
+    *,
+    clients: int = 100,
+    outage_s: float = 10.0,
+    capacity_per_s: int = 20,
+    base_delay: float = 1.0,
+    max_delay: float = 60.0,
+    max_attempts: int = 12,
+    budget_tokens: float = 20.0,
+    budget_ratio: float = 0.1,
+    replay_every_s: float | None = 15.0,
+    seed: int = 0,
+    backend: str = "asyncio",
+) -> StormResult:
     """Run ``clients`` callers against the recovering endpoint under ``policy``; see the module docstring.
 
     A caller that gives up leaves a dead letter; every ``replay_every_s``
@@ -156,11 +167,16 @@ def simulate_storm(policy: str = "full_jitter", *, clients: int = 100, outage_s:
     integer("seed", seed, minimum=0)
     if backend not in BACKENDS:
         raise ValidationError("backend", f"must be one of {', '.join(BACKENDS)}, got {backend!r}")
-    budget = (RetryBudget(ratio=budget_ratio, max_tokens=budget_tokens)
-              if policy == "full_jitter_budget" else None)
-    retry = RetryPolicy(max_attempts=max_attempts, base_delay=base_delay, max_delay=max_delay,
-                        jitter="none" if policy == "no_jitter" else "full", rng=random.Random(seed),
-                        budget=budget, retry_on=_Overloaded)
+    budget = RetryBudget(ratio=budget_ratio, max_tokens=budget_tokens) if policy == "full_jitter_budget" else None
+    retry = RetryPolicy(
+        max_attempts=max_attempts,
+        base_delay=base_delay,
+        max_delay=max_delay,
+        jitter="none" if policy == "no_jitter" else "full",
+        rng=random.Random(seed),
+        budget=budget,
+        retry_on=_Overloaded,
+    )
     endpoint = _Endpoint(float(outage_s), capacity_per_s)
     letters = InMemoryDeadLetters()
     tally = _Tally(running=clients)
@@ -202,12 +218,21 @@ def simulate_storm(policy: str = "full_jitter", *, clients: int = 100, outage_s:
     load = endpoint.load + [0] * (seconds - len(endpoint.load))
     served = endpoint.served + [0] * (seconds - len(endpoint.served))
     return StormResult(
-        policy=policy, clients=clients, outage_s=float(outage_s), capacity_per_s=capacity_per_s,
-        load_per_s=load, served_per_s=served, total_calls=sum(load), delivered=tally.delivered,
-        gave_up=letters.added, replayed=tally.replayed, undelivered=len(letters),
+        policy=policy,
+        clients=clients,
+        outage_s=float(outage_s),
+        capacity_per_s=capacity_per_s,
+        load_per_s=load,
+        served_per_s=served,
+        total_calls=sum(load),
+        delivered=tally.delivered,
+        gave_up=letters.added,
+        replayed=tally.replayed,
+        undelivered=len(letters),
         replay_calls=tally.replay_calls,
-        completion_s=round(tally.last, 6), peak_load=max(load, default=0),
-        peak_load_after_recovery=max(load[math.ceil(outage_s):], default=0),
+        completion_s=round(tally.last, 6),
+        peak_load=max(load, default=0),
+        peak_load_after_recovery=max(load[math.ceil(outage_s) :], default=0),
     )
 
 

@@ -20,16 +20,16 @@ import pytest
 from standardwebhooks import Webhook
 
 import payflow_lab as pf
-from payflow_lab.domain import ValidationError
+from payflow_lab.core.errors import CorruptDatabase, NotAnOutbox, TimestampOutOfTolerance, ValidationError
 from payflow_lab.durable import Outbox, ReceiverLedger
-from payflow_lab.durable.errors import CorruptDatabase, NotAnOutbox
-from payflow_lab.durable.signing import TimestampOutOfTolerance, sign, signed_headers, verify
+from payflow_lab.durable.signing import sign, signed_headers, verify
 from payflow_lab.runner import RunConfig
 
 
 def cli(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "payflow_lab", *args], capture_output=True, text=True, cwd=cwd,
-                          timeout=300)
+    return subprocess.run(
+        [sys.executable, "-m", "payflow_lab", *args], capture_output=True, text=True, cwd=cwd, timeout=300
+    )
 
 
 def digest(path: Path) -> str:
@@ -66,7 +66,8 @@ def test_a_foreign_database_is_refused_through_the_api_too(tmp_path: Path) -> No
 
 @pytest.mark.parametrize("content", ["foreign-sqlite", "text"])
 def test_a_receiver_ledger_path_holding_something_else_is_refused_before_the_run_is_registered(
-        tmp_path: Path, content: str) -> None:
+    tmp_path: Path, content: str
+) -> None:
     db = tmp_path / "outbox.sqlite"
     with Outbox(db, clock=lambda: 1.0) as outbox:
         outbox.start_run("setup")
@@ -100,8 +101,9 @@ def test_a_ledger_refuses_a_foreign_file_through_the_api(tmp_path: Path) -> None
 def test_a_malformed_secret_in_the_endpoints_file_is_one_clear_line_and_exit_2(tmp_path: Path) -> None:
     endpoints = tmp_path / "endpoints.json"
     endpoints.write_text(json.dumps({"webhook": [{"url": "http://127.0.0.1:9/", "secret": "whsec_!!not base64"}]}))
-    done = cli("realtime", "--db", str(tmp_path / "o.sqlite"), "--endpoints", str(endpoints), "--duration", "1",
-               cwd=tmp_path)
+    done = cli(
+        "realtime", "--db", str(tmp_path / "o.sqlite"), "--endpoints", str(endpoints), "--duration", "1", cwd=tmp_path
+    )
     assert done.returncode == 2
     lines = done.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("payflow-lab: error: --endpoints: webhook[0]")
@@ -122,8 +124,22 @@ def test_unpadded_base64_secrets_are_accepted_like_standard_webhooks_does() -> N
     assert ours == theirs
 
 
-@pytest.mark.parametrize("stamp", [" 1700000000", "1700000000 ", "+1700000000", "1_700_000_000", "1.7e9",
-                                   "1700000000.0", "01700000000", "nan", "inf", "-1700000000", "0x6553f100"])
+@pytest.mark.parametrize(
+    "stamp",
+    [
+        " 1700000000",
+        "1700000000 ",
+        "+1700000000",
+        "1_700_000_000",
+        "1.7e9",
+        "1700000000.0",
+        "01700000000",
+        "nan",
+        "inf",
+        "-1700000000",
+        "0x6553f100",
+    ],
+)
 def test_non_canonical_timestamps_are_rejected(stamp: str) -> None:
     secret = "whsec_" + base64.b64encode(b"k" * 24).decode()
     headers = signed_headers(secret, "msg_1", 1_700_000_000, b"{}")
@@ -147,15 +163,18 @@ def test_faults_for_merchants_that_do_not_exist_are_refused_naming_the_merchant(
     RunConfig(faults={"merchants": {"mch_00500": {"mode": "down"}}})  # the last one exists
 
 
-@pytest.mark.parametrize(("settings", "field"), [
-    ({"scenario": ["normal"]}, "scenario"),
-    ({"scenario": {"name": "normal"}}, "scenario"),
-    ({"backend": ["trio"]}, "backend"),
-    ({"memory": {"off"}}, "memory"),
-    ({"drain_seconds": True}, "drain_seconds"),
-    ({"drain_seconds": float("nan")}, "drain_seconds"),
-    ({"faults": ["traffic_multiplier"]}, "faults"),
-])
+@pytest.mark.parametrize(
+    ("settings", "field"),
+    [
+        ({"scenario": ["normal"]}, "scenario"),
+        ({"scenario": {"name": "normal"}}, "scenario"),
+        ({"backend": ["trio"]}, "backend"),
+        ({"memory": {"off"}}, "memory"),
+        ({"drain_seconds": True}, "drain_seconds"),
+        ({"drain_seconds": float("nan")}, "drain_seconds"),
+        ({"faults": ["traffic_multiplier"]}, "faults"),
+    ],
+)
 def test_run_config_names_the_field_instead_of_a_bare_type_error(settings: dict, field: str) -> None:
     with pytest.raises(ValidationError) as caught:
         RunConfig(**settings)
@@ -170,9 +189,10 @@ def test_replay_of_an_in_memory_database_is_an_error_not_an_empty_success(tmp_pa
 
 # ------------------------------------------------------------------ point 3: errors inside realtime
 def test_a_full_disk_during_realtime_is_one_line_exit_1_and_nothing_half_written(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
     import payflow_lab.durable.outbox as outbox_module
-    from payflow_lab.cli import main
+    from payflow_lab.app.cli import main
 
     real_connect = outbox_module.connect
 
@@ -184,8 +204,9 @@ def test_a_full_disk_during_realtime_is_one_line_exit_1_and_nothing_half_written
 
     monkeypatch.setattr(outbox_module, "connect", small_disk)
     db = tmp_path / "outbox.sqlite"
-    status = main(["realtime", "--db", str(db), "--duration", "20", "--rate", "200", "--receivers", "1",
-                   "--no-fault", "--json"])
+    status = main(
+        ["realtime", "--db", str(db), "--duration", "20", "--rate", "200", "--receivers", "1", "--no-fault", "--json"]
+    )
     err = capsys.readouterr().err
     assert status == 1, err
     lines = err.strip().splitlines()
@@ -211,7 +232,7 @@ def test_a_failed_commit_reports_its_own_cause_not_the_rollbacks() -> None:
             if sql == "ROLLBACK":
                 raise sqlite3.OperationalError("cannot rollback - no transaction is active")
 
-    from payflow_lab.durable.errors import DiskFull
+    from payflow_lab.core.errors import DiskFull
 
     conn = Connection()
     with pytest.raises(DiskFull, match="disk is full"):
@@ -223,8 +244,20 @@ def test_a_failed_commit_reports_its_own_cause_not_the_rollbacks() -> None:
 # ------------------------------------------------------------------ point 5: the receivers' count is part of the outbox
 def test_a_restart_with_another_receiver_count_is_refused_not_miscounted(tmp_path: Path) -> None:
     db = tmp_path / "outbox.sqlite"
-    first = cli("realtime", "--db", str(db), "--duration", "2", "--rate", "20", "--receivers", "2", "--no-fault",
-                "--json", cwd=tmp_path)
+    first = cli(
+        "realtime",
+        "--db",
+        str(db),
+        "--duration",
+        "2",
+        "--rate",
+        "20",
+        "--receivers",
+        "2",
+        "--no-fault",
+        "--json",
+        cwd=tmp_path,
+    )
     assert first.returncode == 0, first.stderr[-2000:]
     with Outbox(db, clock=lambda: 1.0) as outbox:
         runs = outbox.execute("SELECT COUNT(*) FROM runs")[0][0]
@@ -234,8 +267,20 @@ def test_a_restart_with_another_receiver_count_is_refused_not_miscounted(tmp_pat
     assert "Traceback" not in changed.stderr
     with Outbox(db, clock=lambda: 1.0) as outbox:
         assert outbox.execute("SELECT COUNT(*) FROM runs")[0][0] == runs  # nothing registered
-    again = cli("realtime", "--db", str(db), "--duration", "1", "--rate", "20", "--receivers", "2", "--no-fault",
-                "--json", cwd=tmp_path)
+    again = cli(
+        "realtime",
+        "--db",
+        str(db),
+        "--duration",
+        "1",
+        "--rate",
+        "20",
+        "--receivers",
+        "2",
+        "--no-fault",
+        "--json",
+        cwd=tmp_path,
+    )
     assert again.returncode == 0, again.stderr[-2000:]
     check = json.loads(again.stdout)["check"]
     assert check["lost"] == 0 and check["applied_twice"] == 0

@@ -18,11 +18,11 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 import payflow_lab as pf
-from payflow_lab.phases import delivery
+from payflow_lab.core.vtime import run_virtual
+from payflow_lab.phases import webhook_lanes as delivery
 from payflow_lab.resilience import BreakerConfig, BreakerState, CircuitBreaker, InMemoryDeadLetters, KeyedCircuitBreaker
 from payflow_lab.resilience.breaker import HISTORY
-from payflow_lab.resilience.metrics import ResilienceCollector
-from payflow_lab.vtime import run_virtual
+from payflow_lab.resilience.collector import ResilienceCollector
 
 CLOSED, OPEN, HALF_OPEN = BreakerState.CLOSED, BreakerState.OPEN, BreakerState.HALF_OPEN
 
@@ -39,53 +39,71 @@ def flap(breaker: CircuitBreaker, clock: Clock, cycles: int) -> None:
     """Open the breaker, then let a probe fail ``cycles`` times (two transitions each) and finally pass."""
     permit = breaker.allow()
     assert permit is not None
-    permit.record_failure()                       # consecutive_failures=1: open
+    permit.record_failure()  # consecutive_failures=1: open
     for _ in range(cycles):
         clock.now += breaker.config.break_duration
-        probe = breaker.allow()                   # open -> half_open
+        probe = breaker.allow()  # open -> half_open
         assert probe is not None
-        probe.record_failure()                    # half_open -> open
+        probe.record_failure()  # half_open -> open
     clock.now += breaker.config.break_duration
     probe = breaker.allow()
     assert probe is not None
-    probe.record_success()                        # half_open -> closed
+    probe.record_success()  # half_open -> closed
 
 
 def test_a_flapping_breaker_keeps_its_last_transitions_and_counts_them_all() -> None:
     clock = Clock()
     seen = []
-    breaker = CircuitBreaker(BreakerConfig(consecutive_failures=1, break_duration=30.0), name="mch_00006",
-                             clock=clock, on_transition=seen.append)
+    breaker = CircuitBreaker(
+        BreakerConfig(consecutive_failures=1, break_duration=30.0),
+        name="mch_00006",
+        clock=clock,
+        on_transition=seen.append,
+    )
     flap(breaker, clock, 5_000)
     total = 1 + 2 * 5_000 + 2
-    assert len(seen) == total                     # listeners still see every transition
+    assert len(seen) == total  # listeners still see every transition
     assert breaker.transitions_total == total
     assert len(breaker.transitions) == HISTORY
     assert list(breaker.transitions) == seen[-HISTORY:]
     assert breaker.times_opened == 1 + 5_000
-    assert breaker.transition_counts == {(CLOSED, OPEN): 1, (OPEN, HALF_OPEN): 5_001,
-                                         (HALF_OPEN, OPEN): 5_000, (HALF_OPEN, CLOSED): 1}
+    assert breaker.transition_counts == {
+        (CLOSED, OPEN): 1,
+        (OPEN, HALF_OPEN): 5_001,
+        (HALF_OPEN, OPEN): 5_000,
+        (HALF_OPEN, CLOSED): 1,
+    }
 
 
 def test_the_transitions_metric_counts_what_the_breaker_no_longer_keeps() -> None:
     clock = Clock()
-    breaker = CircuitBreaker(BreakerConfig(consecutive_failures=1, break_duration=30.0), name="mch_00006",
-                             clock=clock, history=3)
+    breaker = CircuitBreaker(
+        BreakerConfig(consecutive_failures=1, break_duration=30.0), name="mch_00006", clock=clock, history=3
+    )
     flap(breaker, clock, 100)
     registry = CollectorRegistry()
     registry.register(ResilienceCollector(breakers={"mch_00006": breaker}))
-    counted = {(s.labels["from_state"], s.labels["to_state"]): s.value
-               for metric in registry.collect() if metric.name == "payflow_circuit_breaker_transitions"
-               for s in metric.samples if s.name.endswith("_total")}
-    assert counted == {("closed", "open"): 1, ("open", "half_open"): 101, ("half_open", "open"): 100,
-                       ("half_open", "closed"): 1}
+    counted = {
+        (s.labels["from_state"], s.labels["to_state"]): s.value
+        for metric in registry.collect()
+        if metric.name == "payflow_circuit_breaker_transitions"
+        for s in metric.samples
+        if s.name.endswith("_total")
+    }
+    assert counted == {
+        ("closed", "open"): 1,
+        ("open", "half_open"): 101,
+        ("half_open", "open"): 100,
+        ("half_open", "closed"): 1,
+    }
     assert len(breaker.transitions) == 3
 
 
 def test_a_keyed_breaker_bounds_its_shared_history_too() -> None:
     clock = Clock()
     breakers: KeyedCircuitBreaker[str] = KeyedCircuitBreaker(
-        BreakerConfig(consecutive_failures=1, break_duration=30.0), clock=clock, keyed_history=50)
+        BreakerConfig(consecutive_failures=1, break_duration=30.0), clock=clock, keyed_history=50
+    )
     for merchant in ("mch_00001", "mch_00002"):
         flap(breakers[merchant], clock, 200)
     assert breakers.transitions_total == 2 * (1 + 2 * 200 + 2)
@@ -104,8 +122,13 @@ def test_dead_letters_past_the_bound_spill_to_disk_and_none_is_lost() -> None:
     store = InMemoryDeadLetters(clock=clock, keep_in_memory=10)
     for i in range(100):
         clock.now = float(i)
-        store.add(f"mch_{i % 3:05d}", {"payment": f"pay_{i:04d}", "amount": i}, "retries_exhausted", attempts=3,
-                  error="HTTP 503")
+        store.add(
+            f"mch_{i % 3:05d}",
+            {"payment": f"pay_{i:04d}", "amount": i},
+            "retries_exhausted",
+            attempts=3,
+            error="HTTP 503",
+        )
     assert len(store) == 100 and store.spilled == 90
     letters = store.list()
     assert [letter.payload["payment"] for letter in letters] == [f"pay_{i:04d}" for i in range(100)]
@@ -116,8 +139,11 @@ def test_dead_letters_past_the_bound_spill_to_disk_and_none_is_lost() -> None:
 
     spilled = store.get("dl_000005")
     assert spilled is not None and spilled.payload == {"payment": "pay_0004", "amount": 4}
-    store.update(spilled.__class__(**{**{f: getattr(spilled, f) for f in spilled.__slots__}, "attempts": 4,
-                                      "reason": "shutdown"}))
+    store.update(
+        spilled.__class__(
+            **{**{f: getattr(spilled, f) for f in spilled.__slots__}, "attempts": 4, "reason": "shutdown"}
+        )
+    )
     assert store.get("dl_000005").attempts == 4  # type: ignore[union-attr]
     assert store.count_by_reason() == {"retries_exhausted": 99, "shutdown": 1}
     assert store.remove("dl_000005") is not None and store.get("dl_000005") is None
@@ -128,9 +154,9 @@ def test_dead_letters_past_the_bound_spill_to_disk_and_none_is_lost() -> None:
 
 def test_a_payload_that_cannot_be_spilled_is_refused_and_the_store_stays_whole() -> None:
     store = InMemoryDeadLetters(clock=Clock(), keep_in_memory=1)
-    store.add("mch_00001", lambda: None, "shutdown", attempts=0)     # in memory: fine
+    store.add("mch_00001", lambda: None, "shutdown", attempts=0)  # in memory: fine
     with pytest.raises((pickle.PicklingError, AttributeError, TypeError)):
-        store.add("mch_00001", "second", "shutdown", attempts=0)    # would spill the lambda: refused
+        store.add("mch_00001", "second", "shutdown", attempts=0)  # would spill the lambda: refused
     assert len(store) == 1 and store.count_by_reason() == {"shutdown": 1} and store.spilled == 0
 
 
@@ -162,8 +188,7 @@ def test_phase5_spills_its_dead_letters_and_replays_them_through_the_pipeline() 
             await super().stop()
 
     with mock.patch.object(delivery, "DEAD_LETTERS_IN_MEMORY", 5):
-        sim = pf.Simulation(pf.RunConfig(scenario="recovery", phase=5, seed=7, memory="off"),
-                            pipeline_cls=ReplayAtStop)
+        sim = pf.Simulation(pf.RunConfig(scenario="recovery", phase=5, seed=7, memory="off"), pipeline_cls=ReplayAtStop)
         summary = run_virtual(sim.run)
     webhooks = sim.pipeline.webhooks  # type: ignore[union-attr]
     report = sim.pipeline.report  # type: ignore[union-attr]
@@ -179,11 +204,11 @@ def test_an_empty_bound_is_refused_by_name() -> None:
             InMemoryDeadLetters(keep_in_memory=bad)  # type: ignore[arg-type]
 
 
-
 def test_a_long_run_keeps_its_measurements_whole_but_mostly_on_disk() -> None:
     """Three hours of Black Friday: every per-second row and latency is there, few of them in memory."""
-    sim = pf.Simulation(pf.RunConfig(scenario="blackfriday", phase=5, seed=7, scale=0.02, duration=3 * 3600,
-                                     memory="off"))
+    sim = pf.Simulation(
+        pf.RunConfig(scenario="blackfriday", phase=5, seed=7, scale=0.02, duration=3 * 3600, memory="off")
+    )
     summary = run_virtual(sim.run)
     recorder = sim.recorder
     assert recorder is not None

@@ -12,13 +12,13 @@ import pytest
 from prometheus_client import CollectorRegistry, Counter, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
-from payflow_lab.domain import ValidationError
+from payflow_lab.core.errors import ValidationError
+from payflow_lab.core.vtime import run_virtual
 from payflow_lab.durable.ledger import ReceiverLedger
 from payflow_lab.durable.receiver import Receiver, serve_in_thread
-from payflow_lab.monitoring import registry_for
-from payflow_lab.monitoring.server import MetricsServer
+from payflow_lab.observe import registry_for
+from payflow_lab.observe.server import MetricsServer
 from payflow_lab.runner import RunConfig, Simulation
-from payflow_lab.vtime import run_virtual
 
 
 # ------------------------------------------------------------------ point 9: control needs a token
@@ -31,8 +31,9 @@ def test_the_control_endpoint_refuses_a_request_without_the_receivers_token() ->
             refused = client.post(f"{shop.url}_control", json={"mode": "fail"}, headers=headers)
             assert refused.status_code == 403 and "control token" in refused.json()["error"]
         assert shop.mode == "up"  # nothing changed
-        allowed = client.post(f"{shop.url}_control", json={"mode": "fail"},
-                              headers={"x-payflow-control": shop.control_token})
+        allowed = client.post(
+            f"{shop.url}_control", json={"mode": "fail"}, headers={"x-payflow-control": shop.control_token}
+        )
         assert allowed.status_code == 200 and shop.mode == "fail"
 
 
@@ -106,8 +107,9 @@ def test_half_a_body_is_answered_408_after_the_read_deadline_and_never_applied()
     assert shop.counters["bad_signature"] == 0  # not even looked at
 
 
-def test_stopping_with_half_bodies_open_is_quiet_and_prompt(capfd: pytest.CaptureFixture[str],
-                                                            caplog: pytest.LogCaptureFixture) -> None:
+def test_stopping_with_half_bodies_open_is_quiet_and_prompt(
+    capfd: pytest.CaptureFixture[str], caplog: pytest.LogCaptureFixture
+) -> None:
     shop = Receiver("shop", ledger=ReceiverLedger())
     with caplog.at_level("DEBUG"), serve_in_thread([shop]):
         socks = half_requests(shop.url, 20)
@@ -117,7 +119,8 @@ def test_stopping_with_half_bodies_open_is_quiet_and_prompt(capfd: pytest.Captur
     for sock in socks:
         sock.close()
     err = capfd.readouterr().err + "\n".join(  # asyncio reports through logging, which pytest captures
-        f"{r.getMessage()} {r.exc_info[0].__name__ if r.exc_info else ''}" for r in caplog.records)
+        f"{r.getMessage()} {r.exc_info[0].__name__ if r.exc_info else ''}" for r in caplog.records
+    )
     assert "CancelledError" not in err and "Traceback" not in err, err[-2000:]
     assert took < 30  # graceful timeout (1 s) plus a loose net; it used to wait on the clients
     assert shop.counters["applied"] == 0
@@ -134,15 +137,16 @@ def test_a_read_timeout_must_be_sensible() -> None:
 
 # ------------------------------------------------------------- point 7b: /metrics stays small at any scale
 def _phase5(scale: float, duration: float) -> Simulation:
-    simulation = Simulation(RunConfig(scenario="blackfriday", phase=5, seed=3, scale=scale, duration=duration,
-                                      memory="off"))
+    simulation = Simulation(
+        RunConfig(scenario="blackfriday", phase=5, seed=3, scale=scale, duration=duration, memory="off")
+    )
     run_virtual(simulation.run)
     return simulation
 
 
 def test_the_metrics_page_adds_merchants_up_by_tier_unless_asked_for_each() -> None:
     pipeline = _phase5(0.1, 2_400).pipeline
-    default = generate_latest(pipeline.registry).decode()                        # type: ignore[union-attr]
+    default = generate_latest(registry_for(pipeline)).decode()
     each = generate_latest(registry_for(pipeline, per_merchant=True)).decode()
     assert "mch_" not in default and "mch_" in each
     assert len(default) * 5 < len(each)
@@ -152,15 +156,19 @@ def test_the_metrics_page_adds_merchants_up_by_tier_unless_asked_for_each() -> N
         sums: dict[tuple[str, ...], float] = {}
         for family in text_string_to_metric_families(text):
             for sample in family.samples:
-                labels = tuple(sorted((k, v) for k, v in sample.labels.items()
-                                      if k not in ("breaker", "key", "policy", "budget")))
+                labels = tuple(
+                    sorted((k, v) for k, v in sample.labels.items() if k not in ("breaker", "key", "policy", "budget"))
+                )
                 sums[(sample.name, *labels)] = sums.get((sample.name, *labels), 0.0) + sample.value
         return sums
 
-    assert totals(default) == totals(each)   # grouping loses detail, never a count
+    assert totals(default) == totals(each)  # grouping loses detail, never a count
     breakers = [line for line in default.splitlines() if line.startswith("payflow_circuit_breaker_state{")]
     assert {re.search(r'breaker="([^"]+)"', line).group(1) for line in breakers} <= {  # type: ignore[union-attr]
-        "enterprise", "premium", "standard"}
+        "enterprise",
+        "premium",
+        "standard",
+    }
 
 
 def test_per_merchant_must_be_a_yes_or_no() -> None:

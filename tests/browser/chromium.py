@@ -21,8 +21,16 @@ __all__ = ["CHROMIUM", "CHROMIUM_ARGS", "NOT_RUN", "browser_missing", "in_ci", "
 
 CHROMIUM = Path(os.environ.get("PAYFLOW_CHROMIUM", "/usr/bin/chromium"))
 #: As root, on this project's machines (closed network), Chromium needs all of these to reach 127.0.0.1.
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
 #: The words that mark a skipped browser test, in its reason and in the terminal summary.
 NOT_RUN = "BROWSER TESTS NOT RUN"
 
@@ -39,8 +47,10 @@ def browser_missing() -> str | None:
     if importlib.util.find_spec("playwright") is None:
         return "Playwright is not installed (pip install -e '.[test]')"
     if not (CHROMIUM.is_file() and os.access(CHROMIUM, os.X_OK)):
-        return (f"Chromium not found at {CHROMIUM} (install it: apt-get install chromium, or run `make test` "
-                "as root; or point PAYFLOW_CHROMIUM at one)")
+        return (
+            f"Chromium not found at {CHROMIUM} (install it: apt-get install chromium, or run `make test` "
+            "as root; or point PAYFLOW_CHROMIUM at one)"
+        )
     return None
 
 

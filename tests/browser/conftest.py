@@ -29,8 +29,9 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
     reason = not_run[0] if not_run else "see the skip reasons above"
     terminalreporter.write_sep("!", f"{NOT_RUN}: {len(skipped)} lesson test(s) skipped", red=True, bold=True)
     terminalreporter.write_line(f"  {reason}", red=True, bold=True)
-    terminalreporter.write_line("  The lessons were NOT checked in a browser. Under CI=1 this is a failure.",
-                                red=True, bold=True)
+    terminalreporter.write_line(
+        "  The lessons were NOT checked in a browser. Under CI=1 this is a failure.", red=True, bold=True
+    )
 
 
 @pytest.fixture(scope="module")
@@ -52,11 +53,15 @@ def browser(tmp_path_factory: pytest.TempPathFactory) -> Iterator[object]:
     from playwright.sync_api import sync_playwright
 
     home = tmp_path_factory.mktemp("chromium-home")
-    env = {**os.environ, "HOME": str(home), "XDG_CONFIG_HOME": str(home / ".config"),
-           "XDG_CACHE_HOME": str(home / ".cache"), "XDG_DATA_HOME": str(home / ".local" / "share")}
+    env = {
+        **os.environ,
+        "HOME": str(home),
+        "XDG_CONFIG_HOME": str(home / ".config"),
+        "XDG_CACHE_HOME": str(home / ".cache"),
+        "XDG_DATA_HOME": str(home / ".local" / "share"),
+    }
     with sync_playwright() as playwright:
-        chromium = playwright.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_ARGS,
-                                              env=env)
+        chromium = playwright.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_ARGS, env=env)
         try:
             yield chromium
         finally:

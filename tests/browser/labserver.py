@@ -139,12 +139,17 @@ class LabServer:
         shutil.copytree(self.notebooks, self.root, ignore=shutil.ignore_patterns(".ipynb_checkpoints", "__pycache__"))
         kernel_dir = Path(env["JUPYTER_DATA_DIR"]) / "kernels" / "python3"
         kernel_dir.mkdir(parents=True, exist_ok=True)
-        (kernel_dir / "kernel.json").write_text(json.dumps({
-            "argv": [sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}"],
-            "display_name": KERNEL_DISPLAY_NAME,
-            "language": "python",
-            "metadata": {"debugger": False},
-        }, indent=1))
+        (kernel_dir / "kernel.json").write_text(
+            json.dumps(
+                {
+                    "argv": [sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}"],
+                    "display_name": KERNEL_DISPLAY_NAME,
+                    "language": "python",
+                    "metadata": {"debugger": False},
+                },
+                indent=1,
+            )
+        )
         labconfig = Path(env["JUPYTER_CONFIG_DIR"]) / "labconfig"
         labconfig.mkdir(parents=True, exist_ok=True)
         (labconfig / "default_setting_overrides.json").write_text(json.dumps(SETTING_OVERRIDES, indent=1))
@@ -153,7 +158,10 @@ class LabServer:
     def command(self) -> list[str]:
         """The server's command line: this interpreter's JupyterLab, on 127.0.0.1, with the token."""
         command = [
-            sys.executable, "-m", "jupyter", "lab",
+            sys.executable,
+            "-m",
+            "jupyter",
+            "lab",
             "--no-browser",
             "--ServerApp.ip=127.0.0.1",
             f"--ServerApp.port={self.port}",
@@ -181,24 +189,33 @@ class LabServer:
         self.port = _free_port()
         log = self.log_path.open("wb")
         try:
-            self.process = subprocess.Popen(self.command(), cwd=self.workdir, env=env, stdout=log,
-                                            stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                            start_new_session=True)
+            self.process = subprocess.Popen(
+                self.command(),
+                cwd=self.workdir,
+                env=env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,
+            )
         finally:
             log.close()
         deadline = time.monotonic() + self.startup_timeout
         while True:
             if self.process.poll() is not None:
-                raise LabServerError(f"JupyterLab exited with status {self.process.returncode} while starting\n"
-                                     f"{self.log_tail()}")
+                raise LabServerError(
+                    f"JupyterLab exited with status {self.process.returncode} while starting\n{self.log_tail()}"
+                )
             try:
                 self.api("GET", "api/status", timeout=2.0)
                 break
             except (OSError, urllib.error.URLError):
                 if time.monotonic() > deadline:
                     self.stop()
-                    raise LabServerError(f"JupyterLab did not answer on {self.base_url} within "
-                                         f"{self.startup_timeout:g} s\n{self.log_tail()}") from None
+                    raise LabServerError(
+                        f"JupyterLab did not answer on {self.base_url} within "
+                        f"{self.startup_timeout:g} s\n{self.log_tail()}"
+                    ) from None
                 time.sleep(0.2)
         self._check_kernelspec()
         return self
@@ -209,13 +226,15 @@ class LabServer:
         argv = python3.get("argv", [])
         if python3.get("display_name") != KERNEL_DISPLAY_NAME or not argv or argv[0] != sys.executable:
             self.stop()
-            raise LabServerError(f"the server offers the wrong python3 kernel: {python3!r}; "
-                                 f"expected argv[0] == {sys.executable!r}")
+            raise LabServerError(
+                f"the server offers the wrong python3 kernel: {python3!r}; expected argv[0] == {sys.executable!r}"
+            )
 
     def api(self, method: str, path: str, *, timeout: float = 10.0) -> Any:
         """Call the REST API with the token; return the decoded JSON (``None`` for an empty body)."""
-        request = urllib.request.Request(self.url(path), method=method,
-                                         headers={"Authorization": f"token {self.token}"})
+        request = urllib.request.Request(
+            self.url(path), method=method, headers={"Authorization": f"token {self.token}"}
+        )
         with urllib.request.urlopen(request, timeout=timeout) as response:
             body = response.read()
         return json.loads(body) if body else None

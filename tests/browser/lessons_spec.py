@@ -44,7 +44,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal, Protocol
 
-from payflow_lab import calibration
+from payflow_lab.core import calibration
 from payflow_lab.runner import DEFAULT_SCALE
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -102,8 +102,9 @@ class Observed:
         since it was switched on."""
         source = self.before if when == "before" else self.traces
         x, y = source.get(column, ([], []))
-        points = [(ms / 1000.0, v) for ms, v in zip(x, y)
-                  if v is not None and math.isfinite(v) and ms / 1000.0 <= self.until]
+        points = [
+            (ms / 1000.0, v) for ms, v in zip(x, y) if v is not None and math.isfinite(v) and ms / 1000.0 <= self.until
+        ]
         if when == "before":
             return [(t, v) for t, v in points if t <= self.fault_at]
         start = self.fault_at + (self.settle_s if when == "after" else 0.0)
@@ -111,8 +112,7 @@ class Observed:
 
     def readings(self, metric: str, when: Literal["before", "since"]) -> list[tuple[float, float]]:
         """``(story seconds, value)`` readings of a readout metric, before or since the fault."""
-        out = [(s.clock, v) for s in self.samples
-               if (v := s.metrics.get(metric)) is not None and s.clock <= self.until]
+        out = [(s.clock, v) for s in self.samples if (v := s.metrics.get(metric)) is not None and s.clock <= self.until]
         if when == "before":
             return [(t, v) for t, v in out if t <= self.fault_at]
         return [(t, v) for t, v in out if t > self.fault_at]
@@ -294,8 +294,11 @@ class SetSlider:
     def acknowledged(self, status: str) -> bool:
         """Whether the panel's status line reports this change as sent to the live run."""
         found = re.search(rf"\b{self.fault_key}=([-+0-9.e]+)", status)
-        return (found is not None and "next simulated second" in status
-                and math.isclose(float(found.group(1)), self.value, rel_tol=1e-6))
+        return (
+            found is not None
+            and "next simulated second" in status
+            and math.isclose(float(found.group(1)), self.value, rel_tol=1e-6)
+        )
 
 
 @dataclass(frozen=True)
@@ -391,118 +394,177 @@ LESSONS: dict[str, Lesson] = {
         panels=1,
         figures=3,  # the normal afternoon's latency, the slider demo, the live dashboard
         demo=DemoCheck(slider="payflow-demo-slider", figure="payflow-demo-figure", value=20),
-        live=LiveCheck(FaultCheck(
-            what="drag webhook latency × to 5 and watch p50 climb within a simulated minute",
-            actions=(SetSlider("webhook-latency-multiplier", 5),),
-            # Webhooks 5x slower blow through the 5 s timeout: three attempts, 15 s, for most payments.
-            expect=(Rises("p50_ms", factor=1.4),),
-            settle_s=40,  # a payment takes ~13 s, ~24 s once its webhook times out: let the old ones leave
-            within_story_s=240,
-        )),
+        live=LiveCheck(
+            FaultCheck(
+                what="drag webhook latency × to 5 and watch p50 climb within a simulated minute",
+                actions=(SetSlider("webhook-latency-multiplier", 5),),
+                # Webhooks 5x slower blow through the 5 s timeout: three attempts, 15 s, for most payments.
+                expect=(Rises("p50_ms", factor=1.4),),
+                settle_s=40,  # a payment takes ~13 s, ~24 s once its webhook times out: let the old ones leave
+                within_story_s=240,
+            )
+        ),
     ),
     "01_synchronous.ipynb": Lesson(
         panels=1,
         figures=3,  # the normal afternoon, Black Friday's static figure, the live dashboard
         # At a tenth of the lesson's pace the test has real time to spare before 14:00 (see met_by).
-        live=LiveCheck(pace=10, fault=FaultCheck(
-            what=("ten times the traffic and hanging merchants fill the pool: DB in use reaches its size, "
-                  "requests queue for a connection, and the completed counter freezes"),
-            actions=(SetSlider("traffic-multiplier", 10), SetTier("standard", "hang"), SetTier("premium", "hang")),
-            expect=(ReachesAtLeast("db_in_use", POOL_SIZE), ReachesAtLeast("db_waiting", 20),
-                    Stalls("completed", for_story_s=60)),
-            baseline_story_s=60,  # enough for the completed counter to be seen moving first
-            within_story_s=420,
-            # Black Friday's script takes over at 14:00 (the sale); by then the widgets alone must have done it.
-            met_by="14:00:00",
-        )),
+        live=LiveCheck(
+            pace=10,
+            fault=FaultCheck(
+                what=(
+                    "ten times the traffic and hanging merchants fill the pool: DB in use reaches its size, "
+                    "requests queue for a connection, and the completed counter freezes"
+                ),
+                actions=(SetSlider("traffic-multiplier", 10), SetTier("standard", "hang"), SetTier("premium", "hang")),
+                expect=(
+                    ReachesAtLeast("db_in_use", POOL_SIZE),
+                    ReachesAtLeast("db_waiting", 20),
+                    Stalls("completed", for_story_s=60),
+                ),
+                baseline_story_s=60,  # enough for the completed counter to be seen moving first
+                within_story_s=420,
+                # Black Friday's script takes over at 14:00 (the sale); by then the widgets alone must have done it.
+                met_by="14:00:00",
+            ),
+        ),
     ),
     "02_fire_and_forget.ipynb": Lesson(
         panels=1,
         figures=2,  # Black Friday's static figure, the live dashboard
-        live=LiveCheck(FaultCheck(
-            what=("set the standard tier to hang: endpoints hanging steps up to 1, tasks in flight climb by about "
-                  "80 per simulated minute, and the p50 and p99 lines do not move"),
-            actions=(SetTier("standard", "hang"),),
-            expect=(ReachesAtLeast("endpoints_hanging", 1), RisesBy("in_flight_tasks", 80),
-                    StaysAtMost("p99_ms", 1.0, for_story_s=60)),
-        )),
+        live=LiveCheck(
+            FaultCheck(
+                what=(
+                    "set the standard tier to hang: endpoints hanging steps up to 1, tasks in flight climb by about "
+                    "80 per simulated minute, and the p50 and p99 lines do not move"
+                ),
+                actions=(SetTier("standard", "hang"),),
+                expect=(
+                    ReachesAtLeast("endpoints_hanging", 1),
+                    RisesBy("in_flight_tasks", 80),
+                    StaysAtMost("p99_ms", 1.0, for_story_s=60),
+                ),
+            )
+        ),
     ),
     "03_channels.ipynb": Lesson(
         panels=1,
         figures=3,  # Black Friday's static figure, phase 2 against phase 3's heap, the live dashboard
-        live=LiveCheck(FaultCheck(
-            what=("set the standard tier to hang: abandoned couriers step up to 15 and the webhook queue climbs "
-                  "to 200, while latency does not move"),
-            actions=(SetTier("standard", "hang"),),
-            expect=(ReachesAtLeast("abandoned_couriers", 15), ReachesAtLeast("webhook_queue", 200),
-                    StaysAtMost("p99_ms", 1.0, for_story_s=60)),
-        )),
+        live=LiveCheck(
+            FaultCheck(
+                what=(
+                    "set the standard tier to hang: abandoned couriers step up to 15 and the webhook queue climbs "
+                    "to 200, while latency does not move"
+                ),
+                actions=(SetTier("standard", "hang"),),
+                expect=(
+                    ReachesAtLeast("abandoned_couriers", 15),
+                    ReachesAtLeast("webhook_queue", 200),
+                    StaysAtMost("p99_ms", 1.0, for_story_s=60),
+                ),
+            )
+        ),
     ),
     "04_hook_bus.ipynb": Lesson(
         panels=1,
         figures=3,  # the heap of phases 2 and 4, Black Friday's panels, the live dashboard
-        live=LiveCheck(FaultCheck(
-            what=("hang all three tiers and push traffic to x40: the audit queue fills to its bound of 40 and "
-                  "p50 does not move"),
-            actions=(SetTier("enterprise", "hang"), SetTier("premium", "hang"), SetTier("standard", "hang"),
-                     SetSlider("traffic-multiplier", 40)),
-            expect=(ReachesAtLeast("queue_audit", 40), StaysAtMost("p50_ms", 1.0, for_story_s=60)),
-        )),
+        live=LiveCheck(
+            FaultCheck(
+                what=(
+                    "hang all three tiers and push traffic to x40: the audit queue fills to its bound of 40 and "
+                    "p50 does not move"
+                ),
+                actions=(
+                    SetTier("enterprise", "hang"),
+                    SetTier("premium", "hang"),
+                    SetTier("standard", "hang"),
+                    SetSlider("traffic-multiplier", 40),
+                ),
+                expect=(ReachesAtLeast("queue_audit", 40), StaysAtMost("p50_ms", 1.0, for_story_s=60)),
+            )
+        ),
     ),
     "05_production_hardening.ipynb": Lesson(
         panels=1,
         figures=3,
-        live=LiveCheck(FaultCheck(
-            what=("switch standard merchants to down: breakers open by the dozen, webhooks pile up in the backlog, "
-                  "dead letters climb, latency does not move"),
-            actions=(SetTier("standard", "down"),),
-            expect=(ReachesAtLeast("breakers_open", 10), RisesBy("deferred_webhooks", 20),
-                    RisesBy("dead_letters", 20), StaysAtMost("p99_ms", 1.0, for_story_s=60)),
-        )),
+        live=LiveCheck(
+            FaultCheck(
+                what=(
+                    "switch standard merchants to down: breakers open by the dozen, webhooks pile up in the backlog, "
+                    "dead letters climb, latency does not move"
+                ),
+                actions=(SetTier("standard", "down"),),
+                expect=(
+                    ReachesAtLeast("breakers_open", 10),
+                    RisesBy("deferred_webhooks", 20),
+                    RisesBy("dead_letters", 20),
+                    StaysAtMost("p99_ms", 1.0, for_story_s=60),
+                ),
+            )
+        ),
     ),
     "06_monitoring.ipynb": Lesson(
         panels=1,
         figures=2,
         # The monitoring scenario scripts its own webhook faults from 14:08 (errors) and 14:25 (standard
         # tier hangs); taking the standard tier *down* before 14:25 is an effect the script cannot fake.
-        live=LiveCheck(FaultCheck(
-            what=("take standard merchants down before 14:25: breakers open, dead letters climb, the dashboard's "
-                  "latency does not move"),
-            actions=(SetTier("standard", "down"),),
-            expect=(ReachesAtLeast("breakers_open", 10), RisesBy("dead_letters", 20),
-                    StaysAtMost("p99_ms", 1.0, for_story_s=60)),
-            met_by="14:25:00",
-        ), pace=15),
+        live=LiveCheck(
+            FaultCheck(
+                what=(
+                    "take standard merchants down before 14:25: breakers open, dead letters climb, the dashboard's "
+                    "latency does not move"
+                ),
+                actions=(SetTier("standard", "down"),),
+                expect=(
+                    ReachesAtLeast("breakers_open", 10),
+                    RisesBy("dead_letters", 20),
+                    StaysAtMost("p99_ms", 1.0, for_story_s=60),
+                ),
+                met_by="14:25:00",
+            ),
+            pace=15,
+        ),
     ),
     "07_durable_delivery.ipynb": Lesson(
         panels=1,
         figures=1,  # the live dashboard (the lesson's other outputs are text)
-        live=LiveCheck(FaultCheck(
-            what=("set the standard tier to down: breakers open, dead letters held in memory reach 50 and deferred "
-                  "webhooks 100, and p50 stays under a second"),
-            actions=(SetTier("standard", "down"),),
-            expect=(ReachesAtLeast("dead_letters", 50), ReachesAtLeast("deferred_webhooks", 100),
-                    StaysAtMost("p50_ms", 1.0, for_story_s=60)),
-        )),
+        live=LiveCheck(
+            FaultCheck(
+                what=(
+                    "set the standard tier to down: breakers open, dead letters held in memory reach 50 and deferred "
+                    "webhooks 100, and p50 stays under a second"
+                ),
+                actions=(SetTier("standard", "down"),),
+                expect=(
+                    ReachesAtLeast("dead_letters", 50),
+                    ReachesAtLeast("deferred_webhooks", 100),
+                    StaysAtMost("p50_ms", 1.0, for_story_s=60),
+                ),
+            )
+        ),
     ),
 }
 
 
-def check_table(lessons: Mapping[str, Lesson], files: Sequence[str],
-                sources: Mapping[str, str] | None = None) -> list[str]:
+def check_table(
+    lessons: Mapping[str, Lesson], files: Sequence[str], sources: Mapping[str, str] | None = None
+) -> list[str]:
     """Everything wrong with the table for these lesson files (an empty list when it is right).
 
     ``sources`` maps a lesson file to its code cells' text; a lesson that
     makes a ``LiveSession`` must have a :class:`LiveCheck`.
     """
-    from payflow_lab.domain import Tier
-    from payflow_lab.faults import LIMITS, EndpointMode
+    from payflow_lab.core.domain import Tier
+    from payflow_lab.core.faults import LIMITS, EndpointMode
     from payflow_lab.lab.dashboard import READOUT_METRICS
 
     sliders = {key.replace("_", "-") for key in LIMITS}
     readout = {key for key, _label in READOUT_METRICS}
-    problems = [f"{name} has no entry in tests/browser/lessons_spec.py LESSONS: add one"
-                for name in files if name not in lessons]
+    problems = [
+        f"{name} has no entry in tests/browser/lessons_spec.py LESSONS: add one"
+        for name in files
+        if name not in lessons
+    ]
     problems += [f"LESSONS has an entry for {name}, which is not in lessons/" for name in lessons if name not in files]
     for name, lesson in lessons.items():
         if sources is not None and "LiveSession(" in sources.get(name, "") and lesson.live is None:
@@ -515,8 +577,9 @@ def check_table(lessons: Mapping[str, Lesson], files: Sequence[str],
         for action in fault.actions:
             if isinstance(action, SetSlider) and action.control not in sliders:
                 problems.append(f"{name}: no fault slider .payflow-{action.control} (there are {sorted(sliders)})")
-            if isinstance(action, SetTier) and (action.tier not in {t.value for t in Tier}
-                                                or action.mode not in {m.value for m in EndpointMode}):
+            if isinstance(action, SetTier) and (
+                action.tier not in {t.value for t in Tier} or action.mode not in {m.value for m in EndpointMode}
+            ):
                 problems.append(f"{name}: no tier toggle {action.tier!r} with mode {action.mode!r}")
         for expectation in fault.expect:
             metric = getattr(expectation, "metric", None)
@@ -528,8 +591,10 @@ def check_table(lessons: Mapping[str, Lesson], files: Sequence[str],
             except ValueError:
                 problems.append(f"{name}: met_by must be HH:MM:SS, got {fault.met_by!r}")
         if fault.baseline_story_s + fault.within_story_s > 600:
-            problems.append(f"{name}: baseline + within ({fault.baseline_story_s + fault.within_story_s:g} s) "
-                            "exceeds the dashboard's default ten-minute window")
+            problems.append(
+                f"{name}: baseline + within ({fault.baseline_story_s + fault.within_story_s:g} s) "
+                "exceeds the dashboard's default ten-minute window"
+            )
     live = [name for name in files if name in lessons and lessons[name].live is not None]
     if sources is not None:
         with_sessions = [name for name in files if "LiveSession(" in sources.get(name, "")]

@@ -145,10 +145,15 @@ class NotebookPage:
         self.page.goto(self.server.login_url(f"lab/tree/{name}?reset"))
         self.page.wait_for_function(
             f"(name) => {{ const s = ({_STATUS_JS})(); return s && s.path === name && s.status === 'idle' "
-            "&& s.connection === 'connected'; }", arg=name, timeout=timeout_s * 1000, polling=200)
+            "&& s.connection === 'connected'; }",
+            arg=name,
+            timeout=timeout_s * 1000,
+            polling=200,
+        )
         kernel = self.page.evaluate(_STATUS_JS)
         assert kernel["name"] == KERNEL_DISPLAY_NAME, (
-            f"the notebook runs on kernel {kernel['name']!r}, not this venv's ({KERNEL_DISPLAY_NAME!r})")
+            f"the notebook runs on kernel {kernel['name']!r}, not this venv's ({KERNEL_DISPLAY_NAME!r})"
+        )
 
     def command(self, command: str) -> None:
         """Execute a JupyterLab command, without waiting for what it starts (Run All resolves late)."""
@@ -172,8 +177,10 @@ class NotebookPage:
             if kernel and kernel["status"] == "idle" and (not pending or self.error_outputs()):
                 break
             if time.monotonic() > deadline:
-                raise AssertionError(f"Run All did not finish within {timeout_s:g} s: kernel "
-                                     f"{kernel and kernel['status']}, code cells not run: {pending}")
+                raise AssertionError(
+                    f"Run All did not finish within {timeout_s:g} s: kernel "
+                    f"{kernel and kernel['status']}, code cells not run: {pending}"
+                )
             time.sleep(0.25)
         # The kernel is idle between two cells too: make sure it stays idle with nothing pending.
         time.sleep(0.5)
@@ -182,7 +189,8 @@ class NotebookPage:
         errors = self.error_outputs()
         assert not errors, "a cell shows an error after Run All:\n" + "\n---\n".join(e["text"] for e in errors)
         assert counts == list(range(1, len(counts) + 1)), (
-            f"execution counts after Run All are {counts}, expected 1..{len(counts)} in order")
+            f"execution counts after Run All are {counts}, expected 1..{len(counts)} in order"
+        )
 
     # ------------------------------------------------------------------ reading
     def error_outputs(self) -> list[dict[str, str]]:
@@ -194,9 +202,12 @@ class NotebookPage:
 
     def console_errors(self) -> list[ConsoleEntry]:
         """Console errors and uncaught page errors, minus :data:`CONSOLE_ALLOWED`."""
-        return [entry for entry in self.console
-                if (entry.kind in ("error", "pageerror") or CONSOLE_FORBIDDEN.search(entry.text))
-                and not any(pattern.search(entry.text) for pattern, _why in CONSOLE_ALLOWED)]
+        return [
+            entry
+            for entry in self.console
+            if (entry.kind in ("error", "pageerror") or CONSOLE_FORBIDDEN.search(entry.text))
+            and not any(pattern.search(entry.text) for pattern, _why in CONSOLE_ALLOWED)
+        ]
 
     def session(self, index: int) -> SessionView:
         sessions = self.page.locator(".payflow-session")
@@ -249,9 +260,9 @@ class NotebookPage:
             errors, views = [], []
             notes.append(f"could not read the page: {exc}")
         (folder / "notebook-errors.txt").write_text(
-            "\n---\n".join(f"[{e['mime']}]\n{e['text']}" for e in errors) or "(no error outputs on the page)\n")
-        (folder / "sessions.json").write_text(json.dumps({"sessions": views, **(extra or {})}, indent=1,
-                                                         default=str))
+            "\n---\n".join(f"[{e['mime']}]\n{e['text']}" for e in errors) or "(no error outputs on the page)\n"
+        )
+        (folder / "sessions.json").write_text(json.dumps({"sessions": views, **(extra or {})}, indent=1, default=str))
         if self.server.log_path.exists():
             shutil.copy(self.server.log_path, folder / "jupyterlab.log")
         if notes:
@@ -297,9 +308,11 @@ class SessionView:
     def snapshot(self) -> dict[str, Any]:
         """Status, readout and the last points of each trace, for failure evidence."""
         traces = self.root.evaluate(_TRACES_JS) or {}
-        return {"status": self.root.evaluate(_STATUS_LINE_JS), "readout": self.root.evaluate(_READOUT_JS),
-                "traces": {k: {"points": len(x), "last_x": x[-5:], "last_y": y[-5:]}
-                           for k, (x, y) in traces.items()}}
+        return {
+            "status": self.root.evaluate(_STATUS_LINE_JS),
+            "readout": self.root.evaluate(_READOUT_JS),
+            "traces": {k: {"points": len(x), "last_x": x[-5:], "last_y": y[-5:]} for k, (x, y) in traces.items()},
+        }
 
     def wait_clock(self, timeout_s: float = 15.0) -> Sample:
         """The first readout that shows a story time (a new run's readout is blank for a moment)."""
@@ -318,8 +331,10 @@ class SessionView:
             if status["state"] in states:
                 return status
             if time.monotonic() > deadline:
-                raise AssertionError(f"the session stayed {status['state']!r} ({status['text']}), "
-                                     f"expected one of {states} within {timeout_s:g} s")
+                raise AssertionError(
+                    f"the session stayed {status['state']!r} ({status['text']}), "
+                    f"expected one of {states} within {timeout_s:g} s"
+                )
             time.sleep(0.1)
 
     def press(self, button: str) -> None:
@@ -350,6 +365,7 @@ class SessionView:
             if action.acknowledged(status["text"]):
                 return
             if time.monotonic() > deadline:
-                raise AssertionError(f"{action.describe()}: the status line never acknowledged it "
-                                     f"(it says {status['text']!r})")
+                raise AssertionError(
+                    f"{action.describe()}: the status line never acknowledged it (it says {status['text']!r})"
+                )
             time.sleep(0.05)

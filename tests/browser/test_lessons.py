@@ -50,8 +50,10 @@ def evidence_on_failure(notebook: NotebookPage, folder: Path, context: dict[str,
         yield
     except Exception as exc:
         try:
-            saved = (f"screenshot, console, notebook errors and dashboard numbers saved in "
-                     f"{notebook.save_evidence(folder, context)}")
+            saved = (
+                f"screenshot, console, notebook errors and dashboard numbers saved in "
+                f"{notebook.save_evidence(folder, context)}"
+            )
         except Exception as save_error:  # evidence is a courtesy: never hide the real failure behind it
             saved = f"(could not save the evidence to {folder}: {save_error!r})"
         pytest.fail(f"{type(exc).__name__}: {exc}\n\n{saved}")
@@ -121,7 +123,8 @@ def check_demo(notebook: NotebookPage, demo: DemoCheck) -> None:
         time.sleep(0.1)
     xs = [x for trace in after for x in trace["x"]]
     assert any(isinstance(x, (int, float)) and abs(x - demo.value) < 1e-9 for x in xs), (
-        f"the figure changed but shows no point at x = {demo.value:g}: {after}")
+        f"the figure changed but shows no point at x = {demo.value:g}: {after}"
+    )
 
 
 def check_live(notebook: NotebookPage, live: LiveCheck, context: dict[str, Any], step: Steps) -> None:
@@ -141,8 +144,10 @@ def check_live(notebook: NotebookPage, live: LiveCheck, context: dict[str, Any],
     deadline = time.monotonic() + STATE_LIMIT_S
     while True:  # wait on story time, not on a real-time interval; the figure arrives after the readout
         status, sample, second = session.read()
-        moved = second and all(x and (column not in first or not first[column][0] or x[-1] > first[column][0][-1])
-                               for column, (x, _y) in second.items())
+        moved = second and all(
+            x and (column not in first or not first[column][0] or x[-1] > first[column][0][-1])
+            for column, (x, _y) in second.items()
+        )
         if sample.clock >= samples[0].clock + GROWTH_STORY_S and moved:
             break
         assert status["state"] == "running", f"the run ended {GROWTH_STORY_S:g} story s after Start: {status}"
@@ -197,8 +202,9 @@ def check_growth(first: dict[str, Trace], second: dict[str, Trace], clock_1: flo
         assert not x1 or x2[-1] > x1[-1], f"trace {column} did not move: last x {x1[-1]} -> {x2[-1]}"
 
 
-def check_fault(session: SessionView, fault: FaultCheck, samples: list[Sample], context: dict[str, Any],
-                step: Steps) -> None:
+def check_fault(
+    session: SessionView, fault: FaultCheck, samples: list[Sample], context: dict[str, Any], step: Steps
+) -> None:
     """Let the run build a baseline, switch the fault on with the widgets, and wait for its effect."""
     started = samples[0].clock
     deadline = time.monotonic() + FAULT_REAL_LIMIT_S
@@ -223,11 +229,16 @@ def check_fault(session: SessionView, fault: FaultCheck, samples: list[Sample], 
     if fault.pause:
         session.press("pause")  # the same button, labelled Resume while paused
         session.wait_state(("running",), timeout_s=STATE_LIMIT_S)
-    seen = Observed(fault_at=samples[-1].clock, settle_s=fault.settle_s, samples=samples, traces=before,
-                    before=before, until=fault.met_by_seconds)
+    seen = Observed(
+        fault_at=samples[-1].clock,
+        settle_s=fault.settle_s,
+        samples=samples,
+        traces=before,
+        before=before,
+        until=fault.met_by_seconds,
+    )
     step(f"live: fault on at story time {seen.fault_at:g}")
-    context["fault"] = {"what": fault.what, "fault_at": seen.fault_at,
-                        "actions": [a.describe() for a in fault.actions]}
+    context["fault"] = {"what": fault.what, "fault_at": seen.fault_at, "actions": [a.describe() for a in fault.actions]}
     for expectation in fault.expect:
         problem = expectation.precondition(seen)
         assert problem is None, f"{expectation.describe()}: the check would prove nothing: {problem}"
@@ -247,12 +258,18 @@ def check_fault(session: SessionView, fault: FaultCheck, samples: list[Sample], 
         if len(met) == len(fault.expect):
             return
         watched = seen.now - seen.fault_at
-        if (watched > fault.within_story_s or sample.clock > seen.until or status["state"] != "running"
-                or time.monotonic() > deadline):
-            pending = "\n".join(f"  {fault.expect[i].describe()}: {why}"
-                                for i, (_verdict, why) in enumerate(verdicts) if i not in met)
+        if (
+            watched > fault.within_story_s
+            or sample.clock > seen.until
+            or status["state"] != "running"
+            or time.monotonic() > deadline
+        ):
+            pending = "\n".join(
+                f"  {fault.expect[i].describe()}: {why}" for i, (_verdict, why) in enumerate(verdicts) if i not in met
+            )
             limit = f" (the lesson's limit: {fault.met_by})" if fault.met_by else ""
             raise AssertionError(
                 f"{fault.what}\nnot seen on the dashboard {watched:g} story seconds after "
                 f"{'; '.join(a.describe() for a in fault.actions)} at story time {seen.fault_at:g}{limit}, "
-                f"run {status['state']}:\n{pending}")
+                f"run {status['state']}:\n{pending}"
+            )

@@ -31,8 +31,11 @@ from lessons_spec import (
 
 def code_of(name: str) -> str:
     notebook = json.loads((LESSONS_DIR / name).read_text())
-    return "\n".join("".join(cell["source"]) if isinstance(cell["source"], list) else cell["source"]
-                     for cell in notebook["cells"] if cell["cell_type"] == "code")
+    return "\n".join(
+        "".join(cell["source"]) if isinstance(cell["source"], list) else cell["source"]
+        for cell in notebook["cells"]
+        if cell["cell_type"] == "code"
+    )
 
 
 def test_every_lesson_has_an_entry() -> None:
@@ -47,21 +50,40 @@ def _live(*actions, expect=None, **fault) -> Lesson:
     return Lesson(panels=1, figures=1, live=LiveCheck(FaultCheck("x", tuple(actions), tuple(expect), **fault)))
 
 
-@pytest.mark.parametrize(("lessons", "files", "sources", "complaint"), [
-    ({}, ["00_x.ipynb"], None, "00_x.ipynb has no entry"),
-    ({"00_x.ipynb": Lesson(1, 1)}, [], None, "which is not in lessons/"),
-    ({"00_x.ipynb": Lesson(1, 1)}, ["00_x.ipynb"], {"00_x.ipynb": "lab.LiveSession(scenario='normal')"},
-     "has no LiveCheck"),
-    ({"00_x.ipynb": _live(SetSlider("webhook-errors", 0.5))}, ["00_x.ipynb"], None, "no fault slider"),
-    ({"00_x.ipynb": _live(SetTier("gold", "hang"))}, ["00_x.ipynb"], None, "no tier toggle"),
-    ({"00_x.ipynb": _live(SetTier("standard", "hang"), expect=(Stalls("payments"),))}, ["00_x.ipynb"], None,
-     "the readout has no 'payments'"),
-    ({"00_x.ipynb": _live(SetTier("standard", "hang"), met_by="2pm")}, ["00_x.ipynb"], None, "HH:MM:SS"),
-    ({"00_x.ipynb": _live(SetTier("standard", "hang"), within_story_s=580)}, ["00_x.ipynb"], None,
-     "ten-minute window"),
-    ({f"0{i}_x.ipynb": Lesson(1, 1) for i in range(4)}, [f"0{i}_x.ipynb" for i in range(4)],
-     {f"0{i}_x.ipynb": "" for i in range(4)}, None),
-])
+@pytest.mark.parametrize(
+    ("lessons", "files", "sources", "complaint"),
+    [
+        ({}, ["00_x.ipynb"], None, "00_x.ipynb has no entry"),
+        ({"00_x.ipynb": Lesson(1, 1)}, [], None, "which is not in lessons/"),
+        (
+            {"00_x.ipynb": Lesson(1, 1)},
+            ["00_x.ipynb"],
+            {"00_x.ipynb": "lab.LiveSession(scenario='normal')"},
+            "has no LiveCheck",
+        ),
+        ({"00_x.ipynb": _live(SetSlider("webhook-errors", 0.5))}, ["00_x.ipynb"], None, "no fault slider"),
+        ({"00_x.ipynb": _live(SetTier("gold", "hang"))}, ["00_x.ipynb"], None, "no tier toggle"),
+        (
+            {"00_x.ipynb": _live(SetTier("standard", "hang"), expect=(Stalls("payments"),))},
+            ["00_x.ipynb"],
+            None,
+            "the readout has no 'payments'",
+        ),
+        ({"00_x.ipynb": _live(SetTier("standard", "hang"), met_by="2pm")}, ["00_x.ipynb"], None, "HH:MM:SS"),
+        (
+            {"00_x.ipynb": _live(SetTier("standard", "hang"), within_story_s=580)},
+            ["00_x.ipynb"],
+            None,
+            "ten-minute window",
+        ),
+        (
+            {f"0{i}_x.ipynb": Lesson(1, 1) for i in range(4)},
+            [f"0{i}_x.ipynb" for i in range(4)],
+            {f"0{i}_x.ipynb": "" for i in range(4)},
+            None,
+        ),
+    ],
+)
 def test_the_table_check_names_what_is_wrong(lessons, files, sources, complaint) -> None:
     problems = check_table(lessons, files, sources)
     if complaint is None:
@@ -81,13 +103,26 @@ def test_fewer_than_three_fault_checks_are_refused_once_lessons_have_live_sessio
     assert any("issue 7 wants at least three" in p for p in problems), problems
 
 
-def _seen(before: list[tuple[float, float | None]], after: list[tuple[float, float | None]], *,
-          column: str = "p50_ms", fault_at: float = 100.0, settle_s: float = 10.0, until: float = math.inf) -> Observed:
+def _seen(
+    before: list[tuple[float, float | None]],
+    after: list[tuple[float, float | None]],
+    *,
+    column: str = "p50_ms",
+    fault_at: float = 100.0,
+    settle_s: float = 10.0,
+    until: float = math.inf,
+) -> Observed:
     def trace(points):
         return ([t * 1000.0 for t, _ in points], [v for _, v in points])
-    return Observed(fault_at=fault_at, settle_s=settle_s, before={column: trace(before)},
-                    traces={column: trace(before + after)}, until=until,
-                    samples=[Sample(t, {"clock": t}) for t, _ in before + after])
+
+    return Observed(
+        fault_at=fault_at,
+        settle_s=settle_s,
+        before={column: trace(before)},
+        traces={column: trace(before + after)},
+        until=until,
+        samples=[Sample(t, {"clock": t}) for t, _ in before + after],
+    )
 
 
 def test_rises_compares_medians_after_the_settling_time() -> None:
@@ -137,9 +172,9 @@ def test_acknowledgements_match_the_panels_status_line() -> None:
     line = "running · webhook_latency_multiplier=5.0: applies at the next simulated second"
     assert SetSlider("webhook-latency-multiplier", 5).acknowledged(line)
     assert not SetSlider("webhook-latency-multiplier", 4).acknowledged(line)
-    assert not SetSlider("webhook-latency-multiplier", 5).acknowledged(line.replace("applies at the next "
-                                                                                    "simulated second", "used "
-                                                                                    "when the next run starts"))
+    assert not SetSlider("webhook-latency-multiplier", 5).acknowledged(
+        line.replace("applies at the next simulated second", "used when the next run starts")
+    )
     tier = "paused · tier_modes={'standard': 'hang'}: applies at the next simulated second"
     assert SetTier("standard", "hang").acknowledged(tier)
     assert not SetTier("premium", "hang").acknowledged(tier)
