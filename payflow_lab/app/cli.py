@@ -151,6 +151,19 @@ examples:
   payflow-lab COMMAND --help           # each command's options"""
 
 
+def _world_options(parser: argparse.ArgumentParser, seed: object, scale: object) -> None:
+    """``--seed`` and ``--scale``, on the main parser and again on ``run`` (see ``inherited`` below)."""
+    from payflow_lab.runner import DEFAULT_SCALE, DEFAULT_SEED
+
+    parser.add_argument("--seed", type=_positive_int, default=seed, help=f"seed of the world (default {DEFAULT_SEED})")
+    parser.add_argument(
+        "--scale",
+        type=_float,
+        default=scale,
+        help=f"shrink merchants, traffic and capacities together (default {DEFAULT_SCALE})",
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     from payflow_lab import __version__
     from payflow_lab.core.scenarios import SCENARIOS
@@ -165,15 +178,7 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=EXAMPLES,
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
-    parser.add_argument(
-        "--seed", type=_positive_int, default=DEFAULT_SEED, help=f"seed of the world (default {DEFAULT_SEED})"
-    )
-    parser.add_argument(
-        "--scale",
-        type=_float,
-        default=DEFAULT_SCALE,
-        help=f"shrink merchants, traffic and capacities together (default {DEFAULT_SCALE})",
-    )
+    _world_options(parser, DEFAULT_SEED, DEFAULT_SCALE)
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of the narration")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     # A subcommand repeats --seed, --scale and --json with SUPPRESS as default, so that
@@ -203,15 +208,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=1,
         help=_choices_help("the pipeline, by number or name (default 1):", _phase_help()),
     )
-    run.add_argument(
-        "--seed", type=_positive_int, default=inherited, help=f"seed of the world (default {DEFAULT_SEED})"
-    )
-    run.add_argument(
-        "--scale",
-        type=_float,
-        default=inherited,
-        help=f"shrink merchants, traffic and capacities together (default {DEFAULT_SCALE})",
-    )
+    _world_options(run, inherited, inherited)
     run.add_argument(
         "--duration", type=_float, default=None, help="simulated seconds to run (default: the scenario's own length)"
     )

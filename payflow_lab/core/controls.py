@@ -31,15 +31,14 @@ stopped, change to applied), because ``payflow-lab bench`` reports them.
 
 from __future__ import annotations
 
-import math
 import queue
 import threading
 import time
 from collections import deque
 from typing import Any
 
-from payflow_lab.core.errors import ValidationError
 from payflow_lab.core.faults import FaultPlan
+from payflow_lab.core.validation import number
 
 __all__ = ["BUSY_SLICE_S", "CHECKPOINT_S", "PACE_LIMITS", "YIELD_S", "Controls"]
 
@@ -92,20 +91,16 @@ class Controls:
 
     # ------------------------------------------------------------------- pace
     @staticmethod
-    def _check_pace(pace: float | None) -> float | None:
-        if pace is None:
-            return None
-        low, high = PACE_LIMITS
-        if (
-            isinstance(pace, bool)
-            or not isinstance(pace, (int, float))
-            or not math.isfinite(pace)
-            or not low <= pace <= high
-        ):
-            raise ValidationError(
-                "pace", f"must be between {low:g} and {high:g} simulated seconds per second, got {pace!r}"
-            )
-        return float(pace)
+    def _check_pace(pace: object) -> float | None:
+        """``pace`` in simulated seconds per real second, within :data:`PACE_LIMITS`; ``None``: as fast as it goes."""
+        return number(
+            "pace",
+            pace,
+            minimum=PACE_LIMITS[0],
+            maximum=PACE_LIMITS[1],
+            unit=" simulated seconds per second",
+            optional=True,
+        )
 
     @property
     def pace(self) -> float | None:

@@ -15,9 +15,9 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
-from enum import Enum
 from typing import Any
 
+from payflow_lab.core.enums import TextEnum
 from payflow_lab.core.errors import ValidationError
 from payflow_lab.core.validation import integer, number
 
@@ -55,15 +55,12 @@ MERCHANT_ID = re.compile(r"^mch_[0-9]{5}$")
 MAX_AMOUNT_CENTS = 100_000_000
 
 
-class Tier(str, Enum):
+class Tier(TextEnum):
     """Merchant tiers. Enterprise merchants get dedicated webhook workers in Phase 5."""
 
     STANDARD = "standard"
     PREMIUM = "premium"
     ENTERPRISE = "enterprise"
-
-    def __str__(self) -> str:
-        return self.value
 
 
 @dataclass(frozen=True, slots=True)

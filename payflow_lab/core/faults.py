@@ -22,25 +22,22 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from enum import Enum
 from typing import Any
 
 from payflow_lab.core.domain import MERCHANT_ID, Tier
+from payflow_lab.core.enums import TextEnum
 from payflow_lab.core.errors import ValidationError
 from payflow_lab.core.validation import number
 
 __all__ = ["EndpointMode", "FaultPlan", "MerchantFault", "LIMITS"]
 
 
-class EndpointMode(str, Enum):
+class EndpointMode(TextEnum):
     """How a webhook endpoint behaves: answering, refusing, or black-holing calls."""
 
     UP = "up"
     DOWN = "down"
     HANG = "hang"
-
-    def __str__(self) -> str:
-        return self.value
 
 
 @dataclass(frozen=True, slots=True)

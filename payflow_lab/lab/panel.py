@@ -28,6 +28,7 @@ from payflow_lab.core.domain import Tier
 from payflow_lab.core.errors import ValidationError
 from payflow_lab.core.faults import LIMITS, EndpointMode, FaultPlan
 from payflow_lab.core.scenarios import SCENARIOS, get_scenario
+from payflow_lab.core.validation import number
 from payflow_lab.phases import available_phases, get_phase
 from payflow_lab.runner import DEFAULT_SEED
 
@@ -78,6 +79,21 @@ def _guarded(method: Callable[..., None]) -> Callable[..., None]:
 
 def _describe(exc: BaseException) -> str:
     return str(exc) if isinstance(exc, ValidationError) else f"{type(exc).__name__}: {exc}"
+
+
+def _log_slider(limits: tuple[float, float], description: str, readout: str, **options: Any) -> Any:
+    """A slider whose steps are ratios (x1.12 each), for a knob that spans orders of magnitude."""
+    low, high = limits
+    return widgets.FloatLogSlider(
+        base=10,
+        min=math.log10(low),
+        max=math.log10(high),
+        step=0.05,
+        description=description,
+        continuous_update=False,
+        readout_format=readout,
+        **options,
+    )
 
 
 class ControlPanel:
@@ -141,8 +157,8 @@ class ControlPanel:
         offered = available_phases() if phases is None else list(phases)
         if not offered:
             raise ValidationError("phases", "must name at least one phase")
-        for number in offered:
-            get_phase(number)  # a clear error for a phase that does not exist (yet)
+        for n in offered:
+            get_phase(n)  # a clear error for a phase that does not exist (yet)
         get_phase(phase)
         if phase not in offered:
             raise ValidationError("phase", f"phase {phase} is not among the offered phases {offered}")
@@ -161,17 +177,9 @@ class ControlPanel:
 
     @staticmethod
     def _check_pace(pace: Any) -> float:
-        low, high = PACE_LIMITS
-        if (
-            isinstance(pace, bool)
-            or not isinstance(pace, (int, float))
-            or not math.isfinite(pace)
-            or not low <= pace <= high
-        ):
-            raise ValidationError(
-                "pace", f"must be between {low:g} and {high:g} simulated seconds per second, got {pace!r}"
-            )
-        return float(pace)
+        return number(
+            "pace", pace, minimum=PACE_LIMITS[0], maximum=PACE_LIMITS[1], unit=" simulated seconds per second"
+        )
 
     # ----------------------------------------------------------------- build
     def _build(self) -> None:
@@ -212,17 +220,8 @@ class ControlPanel:
                 continuous_update=False,
                 readout_format=".2f",
             )
-        low, high = LIMITS["webhook_latency_multiplier"]
-        self.sliders["webhook_latency_multiplier"] = widgets.FloatLogSlider(
-            base=10,
-            min=math.log10(low),
-            max=math.log10(high),
-            step=0.05,
-            description="webhook latency ×",
-            style=style,
-            layout=wide,
-            continuous_update=False,
-            readout_format=".2f",
+        self.sliders["webhook_latency_multiplier"] = _log_slider(
+            LIMITS["webhook_latency_multiplier"], "webhook latency ×", ".2f", style=style, layout=wide
         )
         self.tiers = {
             tier: widgets.ToggleButtons(
@@ -233,18 +232,8 @@ class ControlPanel:
             )
             for tier in Tier
         }
-        low, high = PACE_LIMITS
-        self.pace = widgets.FloatLogSlider(
-            value=self._initial_pace,
-            base=10,
-            min=math.log10(low),
-            max=math.log10(high),
-            step=0.05,
-            description="pace (sim s/s)",
-            style=style,
-            layout=wide,
-            continuous_update=False,
-            readout_format=".0f",
+        self.pace = _log_slider(
+            PACE_LIMITS, "pace (sim s/s)", ".0f", style=style, layout=wide, value=self._initial_pace
         )
         self.buttons = {
             "start": widgets.Button(description="Start", icon="play", button_style="success"),

@@ -40,7 +40,6 @@ alternative, a longer timeout for risk alone, is an exercise of the lesson.
 
 from __future__ import annotations
 
-import math
 from collections import Counter
 from contextlib import AsyncExitStack
 from dataclasses import replace
@@ -52,15 +51,14 @@ from payflow_lab.core.calibration import DB_WRITES, WEBHOOK_TIMEOUT_S
 from payflow_lab.core.domain import Payment
 from payflow_lab.core.errors import GaveUp, PoolTimeout, Rejected
 from payflow_lab.core.world import SIDE_EFFECT_KINDS, World
-from payflow_lab.hooks import Handle, HookBus, Outcome
-from payflow_lab.phases.base import Pipeline
+from payflow_lab.hooks import HookFailure, Outcome
 
-# Phase 5 keeps Phase 4's database and shutdown budgets.
+# Phase 5 builds on Phase 4, and keeps its database and shutdown budgets.
 from payflow_lab.phases.hook_bus import (
-    _DROP_REASONS,
     CHECKOUT_TIMEOUT_S,
     SHUTDOWN_DEADLINE_S,
     SIDE_EFFECT_CHECKOUT_TIMEOUT_S,
+    HookBusPipeline,
 )
 from payflow_lab.phases.observation import Observation
 from payflow_lab.phases.webhook_lanes import WebhookDelivery
@@ -85,27 +83,26 @@ SECOND_TRY_JITTER_S = 0.2
 INTERNAL_ENVELOPE_S = 2 * CALL_TIMEOUT_S + 1.0
 
 
-class HardenedPipeline(Pipeline):
-    """Authorize, emit, return; hardened side effects behind. See the module docstring."""
+class HardenedPipeline(HookBusPipeline):
+    """Authorize, emit, return; hardened side effects behind. See the module docstring.
+
+    Built on Phase 4: the same bus, bookkeeping and shutdown, with the webhook
+    taken off the shared event (its own lanes, :class:`WebhookDelivery`) and
+    the internal side effects' handlers given a second try.
+    """
 
     number = 5
     name = "hardened"
     title = "Phase 5: production hardening"
     lesson = ("per-merchant breakers, rate limits, priority lanes, retries with jitter and a budget, "
               "dead letters, Prometheus metrics")
+    hooked = CAPACITY
+    handler_timeout_s = INTERNAL_ENVELOPE_S
 
     def __init__(self, world: World) -> None:
-        super().__init__(world)
-        self.bus = HookBus(timeout=INTERNAL_ENVELOPE_S, shutdown_deadline=SHUTDOWN_DEADLINE_S,
-                           on_outcome=self._settled)
         #: Internal side effects that timed out once and got their second try, by kind.
         self.second_tries: Counter[str] = Counter()
-        self.handles: dict[str, Handle] = {}
-        for kind in INTERNAL_KINDS:
-            workers, queue_size = CAPACITY[kind]
-            self.handles[kind] = self.bus.hook(
-                EVENT, self._handler(kind), name=kind, workers=max(1, math.ceil(workers * world.scale)),
-                queue_size=max(10, math.ceil(queue_size * world.scale)))
+        super().__init__(world)
         self.webhooks = WebhookDelivery(world, self.bus)
         self._pump_scope: anyio.CancelScope | None = None
 
@@ -141,11 +138,11 @@ class HardenedPipeline(Pipeline):
             await self.tracked(call, payment)
         return handle
 
-    async def start(self, stack: AsyncExitStack) -> None:
+    def add_gauges(self) -> None:
+        """Phase 4's queue gauges, then the webhook path's: lanes, breakers, backlog, retries, dead letters."""
+        super().add_gauges()
         gauges = self.recorder.add_gauge
         webhooks = self.webhooks
-        for kind, handle in self.handles.items():  # before the first await: no sample goes without them
-            gauges(f"queue_{kind}", handle.queue_depth)
         for tier, lane in webhooks.lanes.items():
             gauges(f"lane_{tier.value}", lane.queue_depth)
         gauges("breakers_open", lambda: len(webhooks.not_closed))
@@ -153,7 +150,9 @@ class HardenedPipeline(Pipeline):
         gauges("webhooks_delivered", lambda: webhooks.delivered)
         gauges("webhook_retries", lambda: webhooks.retries_made)
         gauges("dead_letters", lambda: webhooks.dead_letters.added)
-        await stack.enter_async_context(self.bus)
+
+    async def start(self, stack: AsyncExitStack) -> None:
+        await super().start(stack)
         self._pump_scope = anyio.CancelScope()  # its own scope: cancelling it stops the pump, nothing else
         pumps = await stack.enter_async_context(anyio.create_task_group())
         pumps.start_soon(self._pump, self._pump_scope)
@@ -181,21 +180,20 @@ class HardenedPipeline(Pipeline):
                                                 "rejects new deliveries; side effects are being dropped")
 
     def _settled(self, outcome: Outcome) -> None:
-        """Every admitted delivery ends here exactly once: webhooks to their path, the rest to the recorder."""
-        kind, status = outcome.subscriber, outcome.status
-        if kind not in self.handles:
+        """Every admitted delivery ends here exactly once: webhooks to their path, the rest as in Phase 4."""
+        if outcome.subscriber not in self.handles:
             self.webhooks.lane_outcome(outcome)
-        elif status == "completed":
-            self.recorder.side_effect_finished(kind, "delivered", latency=outcome.latency)
-        elif status == "timed_out":
-            self.recorder.side_effect_finished(kind, "failed", reason=f"timeout ({INTERNAL_ENVELOPE_S:g} s in all)")
-        elif status == "failed":
-            failure = outcome.failure
-            assert failure is not None
-            reason = failure.message if failure.error_type == "GaveUp" else failure.error_type
-            self.recorder.side_effect_finished(kind, "failed", reason=reason)
         else:
-            self.recorder.side_effect_finished(kind, "dropped", reason=_DROP_REASONS[status])
+            super()._settled(outcome)
+
+    def _latency(self, outcome: Outcome) -> float | None:
+        return outcome.latency
+
+    def _timeout_reason(self, kind: str) -> str:
+        return f"timeout ({INTERNAL_ENVELOPE_S:g} s in all)"
+
+    def _failure_reason(self, failure: HookFailure) -> str:
+        return failure.message if failure.error_type == "GaveUp" else failure.error_type
 
     async def stop(self) -> None:
         if self._pump_scope is not None:
@@ -203,16 +201,11 @@ class HardenedPipeline(Pipeline):
         self.webhooks.begin_close()
         report = await self.bus.aclose(SHUTDOWN_DEADLINE_S)
         deferred = self.webhooks.close()
-        what = (f"hook bus shut down: {report.completed} deliveries finished during the drain, "
-                f"{report.cancelled} cancelled and {report.never_started} never started at the "
-                f"{SHUTDOWN_DEADLINE_S:g} s deadline; {deferred} deferred webhooks kept as dead letters")
-        if report.abandoned:
-            what += f"; {report.abandoned} still running (their handlers ignore cancellation)"
-        self.recorder.event(what)
+        self.recorder.event(self._shutdown_event(report, also=f"; {deferred} deferred webhooks kept as dead letters",
+                                                 sep=";"))
 
     def observe(self) -> Observation:
-        return replace(super().observe(), bus=self.bus, handles=self.handles, second_tries=self.second_tries,
-                       webhooks=self.webhooks)
+        return replace(super().observe(), second_tries=self.second_tries, webhooks=self.webhooks)
 
     async def replay_dead_letters(self, **options: Any) -> Any:
         """Replay dead-lettered webhooks (see :meth:`.delivery.WebhookDelivery.replay_dead_letters`)."""
@@ -220,8 +213,7 @@ class HardenedPipeline(Pipeline):
 
     def summary(self) -> dict[str, Any]:
         return {
-            "db_pool": self.world.pool.summary(),
-            "hooks": self.bus.summary(),
+            **super().summary(),
             **self.webhooks.summary(),
             "timeouts": {
                 "global_s": CALL_TIMEOUT_S,

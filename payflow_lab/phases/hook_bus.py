@@ -36,13 +36,13 @@ from __future__ import annotations
 import math
 from contextlib import AsyncExitStack
 from dataclasses import replace
-from typing import Any
+from typing import Any, ClassVar
 
 from payflow_lab.core.calibration import DB_WRITES, WEBHOOK_TIMEOUT_S
 from payflow_lab.core.domain import Payment
 from payflow_lab.core.errors import Rejected
 from payflow_lab.core.world import SIDE_EFFECT_KINDS, World
-from payflow_lab.hooks import Handle, HookBus, Outcome
+from payflow_lab.hooks import Handle, HookBus, HookFailure, Outcome, ShutdownReport
 from payflow_lab.phases.base import Pipeline
 from payflow_lab.phases.observation import Observation
 
@@ -81,14 +81,17 @@ class HookBusPipeline(Pipeline):
     name = "hook_bus"
     title = "Phase 4: the hook bus"
     lesson = "bounded queues, worker pools, timeouts by cancellation, a shutdown deadline, isolated errors"
+    #: The subscribers of ``EVENT``, their (workers, queue slots) at scale 1, and the bus's timeout on a handler.
+    #: Phase 5 builds on this class and changes these three.
+    hooked: ClassVar[dict[str, tuple[int, int]]] = CAPACITY
+    handler_timeout_s: ClassVar[float] = WEBHOOK_TIMEOUT_S
 
     def __init__(self, world: World) -> None:
         super().__init__(world)
-        self.bus = HookBus(timeout=WEBHOOK_TIMEOUT_S, shutdown_deadline=SHUTDOWN_DEADLINE_S,
+        self.bus = HookBus(timeout=self.handler_timeout_s, shutdown_deadline=SHUTDOWN_DEADLINE_S,
                            on_outcome=self._settled)
         self.handles: dict[str, Handle] = {}
-        for kind in SIDE_EFFECT_KINDS:
-            workers, queue_size = CAPACITY[kind]
+        for kind, (workers, queue_size) in self.hooked.items():
             self.handles[kind] = self.bus.hook(
                 EVENT, self._handler(kind), name=kind,
                 workers=max(1, math.ceil(workers * world.scale)),
@@ -106,9 +109,13 @@ class HookBusPipeline(Pipeline):
             await tracked(service, payment)
         return call
 
-    async def start(self, stack: AsyncExitStack) -> None:
-        for kind, handle in self.handles.items():  # before the first await: no sample goes without them
+    def add_gauges(self) -> None:
+        """The per-second gauges of this phase: each hook's queue."""
+        for kind, handle in self.handles.items():
             self.recorder.add_gauge(f"queue_{kind}", handle.queue_depth)
+
+    async def start(self, stack: AsyncExitStack) -> None:
+        self.add_gauges()                       # before the first await: no sample goes without them
         await stack.enter_async_context(self.bus)
 
     async def process_payment(self, payment: Payment) -> None:
@@ -132,23 +139,35 @@ class HookBusPipeline(Pipeline):
         """Every admitted side effect ends here exactly once: book it with the run's recorder."""
         kind, status = outcome.subscriber, outcome.status
         if status == "completed":
-            self.recorder.side_effect_finished(kind, "delivered")
+            self.recorder.side_effect_finished(kind, "delivered", latency=self._latency(outcome))
         elif status == "timed_out":
-            self.recorder.side_effect_finished(kind, "failed", reason=f"timeout ({self.handles[kind].timeout:g} s)")
+            self.recorder.side_effect_finished(kind, "failed", reason=self._timeout_reason(kind))
         elif status == "failed":
             assert outcome.failure is not None
-            self.recorder.side_effect_finished(kind, "failed", reason=outcome.failure.error_type)
+            self.recorder.side_effect_finished(kind, "failed", reason=self._failure_reason(outcome.failure))
         else:
             self.recorder.side_effect_finished(kind, "dropped", reason=_DROP_REASONS[status])
 
+    def _latency(self, outcome: Outcome) -> float | None:
+        return None
+
+    def _timeout_reason(self, kind: str) -> str:
+        return f"timeout ({self.handles[kind].timeout:g} s)"
+
+    def _failure_reason(self, failure: HookFailure) -> str:
+        return failure.error_type
+
     async def stop(self) -> None:
         report = await self.bus.aclose(SHUTDOWN_DEADLINE_S)
+        self.recorder.event(self._shutdown_event(report))
+
+    def _shutdown_event(self, report: ShutdownReport, *, also: str = "", sep: str = ",") -> str:
         what = (f"hook bus shut down: {report.completed} deliveries finished during the drain, "
                 f"{report.cancelled} cancelled and {report.never_started} never started at the "
-                f"{SHUTDOWN_DEADLINE_S:g} s deadline")
+                f"{SHUTDOWN_DEADLINE_S:g} s deadline{also}")
         if report.abandoned:
-            what += f", {report.abandoned} still running (their handlers ignore cancellation)"
-        self.recorder.event(what)
+            what += f"{sep} {report.abandoned} still running (their handlers ignore cancellation)"
+        return what
 
     def summary(self) -> dict[str, Any]:
         return {

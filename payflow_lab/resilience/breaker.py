@@ -74,9 +74,9 @@ from collections import Counter, deque
 from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from enum import Enum
 from typing import Any, Generic, TypeVar
 
+from payflow_lab.core.enums import TextEnum
 from payflow_lab.core.errors import BreakerOpen, ValidationError
 from payflow_lab.core.validation import Clock, default_clock, exception_types, integer, number
 
@@ -97,15 +97,12 @@ T = TypeVar("T")
 K = TypeVar("K")
 
 
-class BreakerState(str, Enum):
+class BreakerState(TextEnum):
     """Where a breaker stands."""
 
     CLOSED = "closed"
     OPEN = "open"
     HALF_OPEN = "half_open"
-
-    def __str__(self) -> str:
-        return self.value
 
 
 @dataclass(frozen=True, slots=True)
