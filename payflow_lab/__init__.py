@@ -6,12 +6,13 @@ The engine is importable on its own::
     result = pf.run("blackfriday", phase=1, seed=7)
     result.summary["payments"]["stuck_dollars"]
 
-This module is the public API: what a lesson or a user needs, by name. Four
+This module is the public API: what a lesson or a user needs, by name. Six
 subpackages are public too, each with its own ``__all__``: :mod:`payflow_lab.resilience`
 (breakers, rate limits, retries, dead letters), :mod:`payflow_lab.hooks` (the hook
 bus), :mod:`payflow_lab.durable` (the outbox and real delivery),
-:mod:`payflow_lab.observe` (Prometheus, alert rules, the terminal dashboard) and
-:mod:`payflow_lab.lab` (the notebook widgets; needs the ``lab`` extra). Anything
+:mod:`payflow_lab.observe` (Prometheus, alert rules, the terminal dashboard),
+:mod:`payflow_lab.lab` (the notebook widgets; needs the ``lab`` extra) and
+:mod:`payflow_lab.challenges` (the learners' exercises and their checker). Anything
 else is internal and may move: ``docs/architecture.md`` says where it lives.
 
 The names of the notebook side, durable delivery and the five pipeline classes are

@@ -21,7 +21,7 @@ LAYERS: list[set[str]] = [
     {"phases"},  # the five pipelines
     {"runner", "summary"},  # running a phase through a scenario
     {"observe"},  # watching a run: Prometheus, alerts, the terminal dashboard
-    {"durable", "lab"},  # durable delivery; the notebook side
+    {"durable", "lab", "challenges"},  # durable delivery; the notebook side
     {"app", "__init__", "__main__"},  # the front doors
 ]
 

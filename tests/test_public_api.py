@@ -24,6 +24,7 @@ ROOT = Path(__file__).parent.parent
 #: Packages whose ``__all__`` is public.
 PUBLIC_PACKAGES = {
     "payflow_lab",
+    "payflow_lab.challenges",
     "payflow_lab.resilience",
     "payflow_lab.hooks",
     "payflow_lab.durable",

@@ -285,10 +285,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
 
     from payflow_lab.app.workshop import register as _register_lessons
+    from payflow_lab.challenges.commands import register as _register_check  # `check`
     from payflow_lab.durable.commands import register as _register_durable  # `realtime` and `replay`
 
     _register_lessons(sub)
     _register_durable(sub)
+    _register_check(sub)
     return parser
 
 
