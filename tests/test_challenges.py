@@ -152,3 +152,12 @@ def test_bad_command_lines_are_usage_errors(argv: list[str], words: str, capsys:
 def test_the_starter_prints_as_a_file(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["check", "circuit-breaker", "--starter"]) == 0
     assert capsys.readouterr().out == starter("circuit-breaker")
+
+
+def test_the_bench_times_every_challenge() -> None:
+    from importlib import import_module
+
+    from payflow_lab.app.bench import BENCHMARKS
+
+    module, _, function = BENCHMARKS["challenges"].partition(":")
+    assert callable(getattr(import_module(module), function))

@@ -26,6 +26,9 @@ The figures:
     hour 1, because everything a long outage accumulates is bounded or spilled
     to disk (breaker history, dead letters, the run's measurements). Quick mode
     runs two hours and compares hour 2 with hour 1.
+``challenges``
+    how long checking each lesson's challenge takes (its reference, in a fresh
+    process): target 30 real seconds at most (:mod:`payflow_lab.challenges.timing`).
 """
 
 from __future__ import annotations
@@ -54,6 +57,7 @@ BENCHMARKS: dict[str, str] = {
     "hook bus": "payflow_lab.hooks.emit_cost:bench_emit",
     "live": "payflow_lab.lab.livebench:bench_live",
     "memory": "payflow_lab.app.bench:bench_memory",
+    "challenges": "payflow_lab.challenges.timing:bench_checks",
 }
 
 
