@@ -5,6 +5,8 @@ One test file per challenge (``test_challenge_*.py``) so that ``make test`` spre
 
 from __future__ import annotations
 
+import pytest
+
 from payflow_lab.challenges import check, get_challenge
 
 
@@ -41,3 +43,33 @@ def solution_text_passes(name: str) -> None:
     exec(compile(challenge.solution(), f"<solution of {name}>", "exec"), namespace)
     report = check(name, namespace[challenge.entry])
     assert report.passed, str(report)
+
+
+def challenge_tests(name: str) -> dict[str, object]:
+    """The tests of one challenge, for its module's globals: ``globals().update(challenge_tests(NAME))``."""
+    backends = pytest.mark.parametrize("backend", ["asyncio", "trio"])
+
+    @backends
+    def test_the_reference_passes(backend: str) -> None:
+        reference_passes(name, backend)
+
+    @backends
+    @pytest.mark.parametrize("label", list(get_challenge(name).wrong))
+    def test_each_wrong_solution_fails_the_invariant_it_breaks(label: str, backend: str) -> None:
+        wrong_fails_where_it_should(name, label, backend)
+
+    def test_the_starter_runs_and_is_judged_red() -> None:
+        starter_is_red_not_an_exception(name)
+
+    def test_the_solution_cells_code_passes() -> None:
+        solution_text_passes(name)
+
+    return {
+        test.__name__: test
+        for test in (
+            test_the_reference_passes,
+            test_each_wrong_solution_fails_the_invariant_it_breaks,
+            test_the_starter_runs_and_is_judged_red,
+            test_the_solution_cells_code_passes,
+        )
+    }
