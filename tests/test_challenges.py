@@ -161,3 +161,12 @@ def test_the_bench_times_every_challenge() -> None:
 
     module, _, function = BENCHMARKS["challenges"].partition(":")
     assert callable(getattr(import_module(module), function))
+
+
+def test_a_breaker_that_never_opens_is_shown_as_a_trace() -> None:
+    namespace: dict[str, object] = {}
+    exec(starter("circuit-breaker"), namespace)
+    report = check("circuit-breaker", namespace["Breaker"])
+    html = report._repr_html_()
+    assert html.count("<svg") == 1 and "calls per second (outage, seed 1" in html
+    assert "svg" not in str(report) and "figure" not in json.dumps(report.as_dict())

@@ -48,6 +48,8 @@ class Verdict:
     counterexample: Mapping[str, Any] | None = None
     #: For a failure: the idea to look at, not the answer.
     hint: str | None = None
+    #: For a failure a trace explains better than words: a small SVG figure (shown in notebooks only).
+    figure: str | None = None
 
     def as_dict(self) -> dict[str, Any]:
         data: dict[str, Any] = {
@@ -112,6 +114,8 @@ class CandidateResult:
                 detail += "<br><i>first counter-example:</i> " + html.escape(_where(v.counterexample))
             if not v.held and v.hint:
                 detail += "<br><i>hint:</i> " + html.escape(v.hint)
+            if not v.held and v.figure:
+                detail += "<br>" + v.figure
             rows.append(
                 f"<tr><td>{mark}</td><td>{html.escape(v.invariant)}</td><td>{html.escape(v.measured)}</td>"
                 f"<td>{html.escape(v.target)}</td><td style='text-align:left'>{detail}</td></tr>"

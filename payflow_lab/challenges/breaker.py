@@ -11,6 +11,7 @@ judged.
 
 from __future__ import annotations
 
+import html
 import random
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -233,6 +234,38 @@ def _judge(candidate_cls: Any, backend: str) -> list[Verdict]:
     return [_stops_calling(traces), _one_probe(traces), _recovers(traces), _scattered(traces), _transitions(traces)]
 
 
+def _figure(trace: Trace, mark: float) -> str:
+    """Calls let through per second over the run, the endpoint's broken windows shaded, the counter-example marked."""
+    width, height, seconds = 560, 90, int(trace.weather.duration)
+    per_second = [0] * seconds
+    for call in trace.calls:
+        if 0 <= call.start < seconds:
+            per_second[int(call.start)] += 1
+    top = max(per_second) or 1
+    x = width / seconds
+    shades = "".join(
+        f"<rect x='{start * x:.1f}' y='0' width='{(end - start) * x:.1f}' height='{height}' fill='#ffd7d5'/>"
+        for start, end, mode, share in trace.weather.windows
+        if mode in ("down", "hang") or share >= 0.5
+    )
+    bars = "".join(
+        f"<rect x='{i * x:.1f}' y='{height - n / top * height:.1f}' width='{max(x - 0.5, 0.5):.1f}' "
+        f"height='{n / top * height:.1f}' fill='#0969da'/>"
+        for i, n in enumerate(per_second)
+        if n
+    )
+    marker = f"<line x1='{mark * x:.1f}' x2='{mark * x:.1f}' y1='0' y2='{height}' stroke='#cf222e' stroke-width='2'/>"
+    caption = (
+        f"calls per second ({trace.weather.name}, seed {trace.seed}, at most {top}); red: the endpoint is broken; "
+        "line: the counter-example"
+    )
+    return (
+        f"<svg width='{width}' height='{height + 16}' xmlns='http://www.w3.org/2000/svg' "
+        f"style='font:11px sans-serif'>{shades}{bars}{marker}"
+        f"<text x='0' y='{height + 12}'>{html.escape(caption)}</text></svg>"
+    )
+
+
 def _at(trace: Trace, t: float) -> dict[str, Any]:
     return {"weather": trace.weather.name, "seed": trace.seed, "story time": hhmmss(START + t)}
 
@@ -264,6 +297,7 @@ def _stops_calling(traces: list[Trace]) -> Verdict:
         else "calls kept reaching the endpoint while it was broken",
         None if where is None else _at(*where),
         None if held else "after enough failures in a row, allow() must say no until the break is over",
+        figure=None if held or where is None else _figure(*where),
     )
 
 
@@ -286,6 +320,7 @@ def _one_probe(traces: list[Trace]) -> Verdict:
         else "several calls went out together while the breaker was half-open",
         None if where is None else _at(*where),
         None if held else "remember that a probe is out, and refuse everyone else until it returns",
+        figure=None if held or where is None else _figure(*where),
     )
 
 
@@ -312,6 +347,7 @@ def _recovers(traces: list[Trace]) -> Verdict:
         else "the endpoint was healthy again, and the breaker did not let calls through",
         None if held or where is None else _at(*where),
         None if held else "an open breaker must try again by itself after BREAK_S: that is half-open",
+        figure=None if held or where is None else _figure(*where),
     )
 
 
@@ -332,6 +368,7 @@ def _scattered(traces: list[Trace]) -> Verdict:
         "one failure in ten does not open the breaker" if held else "the breaker opened although most calls succeeded",
         None if held or where is None else _at(*where),
         None if held else "count failures *in a row*: a success in between starts the count again",
+        figure=None if held or where is None else _figure(*where),
     )
 
 
