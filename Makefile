@@ -22,7 +22,7 @@ SETUP_FILES := pyproject.toml hatch_build.py $(shell find jupyter-config -type f
 # JupyterLab refuses to start as root unless told to; workshop containers often run as root.
 ALLOW_ROOT := $(if $(filter 0,$(shell id -u 2>/dev/null)),--allow-root)
 
-.PHONY: lab test test-fast lessons bench story chromium clean help
+.PHONY: lab test test-fast lessons bench story chromium postgresql clean help
 
 help:
 	@echo "make lab      open the workshop in JupyterLab (creates $(VENV) on first use)"
@@ -56,7 +56,7 @@ lab: $(LAB_STAMP)
 # fixtures stay together): the browser tests are collected first, so one worker takes their file at once
 # and drives the lessons one at a time (a JupyterLab server and Chromium of its own) while the other
 # workers run the unit and CLI tests and the lessons under nbval.
-test: $(STAMP) chromium
+test: $(STAMP) chromium postgresql
 	$(BIN)/python -m pytest tests/browser tests lessons -n $(TEST_WORKERS) --dist loadfile \
 		--nbval-lax --nbval-current-env --nbval-sanitize-with lessons/sanitize.cfg
 
@@ -65,6 +65,10 @@ test-fast: $(STAMP)
 
 chromium:
 	@sh tools/ensure-chromium
+
+# PostgreSQL for the scale-out tests, the bench's scaleout group and lesson 08 (a throw-away cluster each time).
+postgresql:
+	@sh tools/ensure-postgresql
 
 # Chromium draws the static PNG beside each plotly figure (tools/build_lessons.py).
 lessons: $(STAMP) chromium

@@ -53,6 +53,7 @@ NEEDED_BY_MAKE_TEST = [
     ".ci/run",
     "tools/build_lessons.py",
     "tools/ensure-chromium",
+    "tools/ensure-postgresql",
     "docs/json-contract.md",
     "docs/resilience/index.md",
     "tests/conftest.py",
@@ -66,7 +67,7 @@ NEEDED_BY_MAKE_TEST = [
     "binder/runtime.txt",
     "jupyter-config/share/jupyter/lab/settings/overrides.d/payflow-lab.json",
 ]
-EXECUTABLE = [".ci/run", "tools/ensure-chromium", "binder/postBuild"]
+EXECUTABLE = [".ci/run", "tools/ensure-chromium", "tools/ensure-postgresql", "binder/postBuild"]
 
 
 @pytest.fixture(scope="module")

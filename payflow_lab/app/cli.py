@@ -286,7 +286,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     from payflow_lab.app.workshop import register as _register_lessons
     from payflow_lab.challenges.commands import register as _register_check  # `check`
-    from payflow_lab.durable.commands import register as _register_durable  # `realtime` and `replay`
+    from payflow_lab.durable.commands import register as _register_durable  # realtime, replay, dispatch, receivers
 
     _register_lessons(sub)
     _register_durable(sub)

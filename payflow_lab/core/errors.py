@@ -30,6 +30,7 @@ from collections.abc import Mapping
 from typing import Any
 
 __all__ = [
+    "PostgresUnavailable",
     "BreakerOpen",
     "BusClosed",
     "BusNotStarted",
@@ -216,6 +217,10 @@ class SchemaVersionError(OutboxDatabaseError):
         )
         self.found = found
         self.known = known
+
+
+class PostgresUnavailable(PayflowError, RuntimeError):
+    """No PostgreSQL to run here (a throw-away cluster cannot start): the message says what is missing and how to install it."""
 
 
 class NotAnOutbox(OutboxDatabaseError):

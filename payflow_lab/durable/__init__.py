@@ -9,7 +9,9 @@ module                 what it holds
 =====================  ============================================================
 :mod:`.schema`         the SQLite schema, its version and its migrations
 :mod:`.events`         outbox events: stable ids (the idempotency keys), bodies
-:mod:`.outbox`         the transactional outbox (and the bus's spill store)
+:mod:`.outbox`         the transactional outbox (and the bus's spill store), claims
+:mod:`.postgres`       the same outbox in PostgreSQL: SKIP LOCKED, LISTEN/NOTIFY
+:mod:`.pgcluster`      a throw-away PostgreSQL cluster for tests, bench, lesson 08
 :mod:`.sqlite_letters` dead letters in the same file (a ``DeadLetterStore``)
 :mod:`.signing`        Standard Webhooks signatures, and their verification
 :mod:`.transport`      one ``send(event)`` interface: simulated, and HTTP (httpx)
@@ -19,7 +21,8 @@ module                 what it holds
 :mod:`.receiver`       a real receiver on 127.0.0.1 (ASGI, served by hypercorn)
 :mod:`.pipeline`       the durable pipeline in the simulation, and a crash demo
 :mod:`.realtime`       the same pipeline for real, against local receivers
-:mod:`.commands`       ``payflow-lab replay`` and ``payflow-lab realtime``
+:mod:`.fleet`          several dispatcher processes on one outbox; the receivers
+:mod:`.commands`       ``payflow-lab replay``, ``realtime``, ``dispatch``, ``receivers``
 =====================  ============================================================
 """
 
@@ -45,7 +48,11 @@ from payflow_lab.durable.deliverer import REJECTED, Deliverer, DeliveryResult
 from payflow_lab.durable.dispatcher import Dispatcher
 from payflow_lab.durable.events import DURABLE_KINDS, OutboxEvent, decode_body, encode_body, event_id
 from payflow_lab.durable.ledger import ReceiverLedger
-from payflow_lab.durable.outbox import Outbox
+from payflow_lab.durable.fleet import DispatchConfig, Fleet, ReceiverProcess, dispatch, load_payments, serve_receivers
+from payflow_lab.durable.outbox import Outbox, is_postgres_url
+from payflow_lab.durable.stores import open_outbox
+from payflow_lab.durable.pgcluster import PostgresUnavailable, TemporaryPostgres
+from payflow_lab.durable.postgres import Listener, PostgresOutbox
 from payflow_lab.durable.pipeline import CrashDemo, DurablePipeline, crash_demo, run_durable
 from payflow_lab.durable.realtime import RealtimeConfig, run_realtime
 from payflow_lab.durable.receiver import Receiver, ReceiverServer, serve_in_thread
@@ -73,12 +80,15 @@ __all__ = [
     "DeliveryFailed",
     "DeliveryRejected",
     "DeliveryResult",
+    "DispatchConfig",
     "Dispatcher",
     "DurablePipeline",
+    "Fleet",
     "Endpoint",
     "HttpLimits",
     "HttpTransport",
     "InvalidSignature",
+    "Listener",
     "MEMORY",
     "MalformedPayload",
     "MissingHeader",
@@ -86,9 +96,12 @@ __all__ = [
     "Outbox",
     "OutboxDatabaseError",
     "OutboxEvent",
+    "PostgresOutbox",
+    "PostgresUnavailable",
     "REJECTED",
     "RETRY_ON",
     "RealtimeConfig",
+    "ReceiverProcess",
     "Receiver",
     "ReceiverLedger",
     "ReceiverServer",
@@ -98,16 +111,22 @@ __all__ = [
     "SchemaVersionError",
     "SignatureError",
     "SimulatedTransport",
+    "TemporaryPostgres",
     "TimestampOutOfTolerance",
     "Transport",
     "WebhookSigner",
     "connect",
     "crash_demo",
     "decode_body",
+    "dispatch",
     "encode_body",
     "event_id",
     "generate_secret",
+    "is_postgres_url",
+    "load_payments",
+    "open_outbox",
     "run_durable",
+    "serve_receivers",
     "run_realtime",
     "serve_in_thread",
     "sign",

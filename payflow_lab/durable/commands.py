@@ -59,7 +59,7 @@ def _int(text: str) -> int:
 
 
 def register(sub: Any) -> None:
-    """Add ``realtime`` and ``replay`` to the ``payflow-lab`` subcommands."""
+    """Add ``realtime``, ``replay``, ``dispatch`` and ``receivers`` to the ``payflow-lab`` subcommands."""
     rt = sub.add_parser(
         "realtime",
         help="the durable pipeline for real: HTTP, local receivers, a SQLite outbox",
@@ -135,6 +135,102 @@ def register(sub: Any) -> None:
         help="print one JSON object on stdout and nothing else",
     )
     rp.set_defaults(handler=_cmd_replay)
+
+    dp = sub.add_parser(
+        "dispatch",
+        help="one dispatcher process on a shared outbox (start several on PostgreSQL)",
+        description="Claim due events from the outbox with a lease, deliver them over HTTP to the receivers "
+        "in the routes file, and write each outcome only while the claim is ours. Start several on one "
+        "PostgreSQL outbox: a killed one's claims return when their leases lapse. Runs until SIGTERM or "
+        "Ctrl-C (then gives its claims back), --for seconds, or --until-empty.",
+    )
+    dp.add_argument("--db", required=True, help="the outbox: postgresql://user@host:port/name, or a SQLite file")
+    dp.add_argument("--routes", required=True, help="JSON file of receivers (written by `payflow-lab receivers`)")
+    dp.add_argument("--workers", type=_int, default=8, help="concurrent deliveries per side effect (default 8)")
+    dp.add_argument("--lease", type=_float, default=30.0, help="seconds a claim lasts (default 30)")
+    dp.add_argument(
+        "--poll", type=_float, default=1.0, help="seconds between looks when no NOTIFY came (default 1)"
+    )
+    dp.add_argument("--timeout", type=_float, default=5.0, help="seconds one delivery may take (default 5)")
+    dp.add_argument("--name", default=None, help="this claimer's name (default host:pid)")
+    dp.add_argument("--for", dest="duration", type=_float, default=None, help="stop after this many seconds")
+    dp.add_argument("--until-empty", action="store_true", help="stop when nothing is pending")
+    dp.add_argument(
+        "--status-every", type=_float, default=1.0, help="seconds between status lines with --json-lines (default 1)"
+    )
+    dp.add_argument(
+        "--json-lines",
+        action="store_true",
+        help="print a status JSON object per line while running, and the summary as the last line",
+    )
+    dp.add_argument(
+        "--json",
+        action="store_true",
+        default=argparse.SUPPRESS,
+        help="print the summary as one JSON object on stdout and nothing else",
+    )
+    dp.set_defaults(handler=_cmd_dispatch)
+
+    rv = sub.add_parser(
+        "receivers",
+        help="serve loopback webhook receivers with idempotent ledgers, for `dispatch`",
+        description="Serve N merchant receivers plus analytics and audit on 127.0.0.1, each answering after "
+        "--delay seconds and applying every event once (a ledger file each in --dir); write --dir/routes.json "
+        "for `payflow-lab dispatch`. Prints one JSON line when ready and the counters as the last line at "
+        "SIGTERM or Ctrl-C.",
+    )
+    rv.add_argument("--dir", required=True, help="folder for the ledgers and routes.json")
+    rv.add_argument("--merchants", type=_int, default=3, help="merchant receivers (default 3)")
+    rv.add_argument("--delay", type=_float, default=0.05, help="seconds each request takes (default 0.05)")
+    rv.set_defaults(handler=_cmd_receivers)
+
+
+def _json_line(document: dict[str, Any]) -> None:
+    sys.stdout.write(json.dumps(document) + "\n")
+    sys.stdout.flush()
+
+
+def _cmd_dispatch(args: argparse.Namespace) -> int:
+    import anyio
+
+    from payflow_lab.durable.fleet import DispatchConfig, dispatch
+
+    config = DispatchConfig(
+        db=args.db,
+        routes=args.routes,
+        workers=args.workers,
+        lease=args.lease,
+        poll=args.poll,
+        timeout=args.timeout,
+        name=args.name,
+        until_empty=args.until_empty,
+        duration=args.duration,
+        status_every=args.status_every if args.json_lines else 0.0,
+    )
+    try:
+        summary = anyio.run(lambda: dispatch(config, emit=_json_line if args.json_lines else None))
+    except BaseExceptionGroup as group:
+        raise first_cause(group, args.db) from None
+    if args.json_lines or args.json:
+        _json_line(summary)
+    else:
+        d = summary["dispatcher"]
+        print(
+            f"{summary['owner']}: stopped by {summary['stopped_by']} after {summary['seconds']:.1f} s; "
+            f"claimed {d['claimed']}, delivered {d['delivered']}, rescheduled {d['rescheduled']}, "
+            f"dead-lettered {d['dead_lettered']}, lease lost {d['lease_lost']}"
+        )
+    return 0
+
+
+def _cmd_receivers(args: argparse.Namespace) -> int:
+    import anyio
+
+    from payflow_lab.durable.fleet import serve_receivers
+
+    counters = anyio.run(lambda: serve_receivers(args.dir, merchants=args.merchants, delay=args.delay, ready=_json_line))
+    _json_line({"final": True, "receivers": counters})
+    return 0
 
 
 # ------------------------------------------------------------------------- realtime
@@ -262,15 +358,16 @@ def _print_realtime(s: dict[str, Any]) -> None:
 # --------------------------------------------------------------------------- replay
 def _cmd_replay(args: argparse.Namespace) -> int:
     from payflow_lab.core.errors import ValidationError
-    from payflow_lab.durable.outbox import Outbox
+    from payflow_lab.durable.outbox import is_postgres_url
+    from payflow_lab.durable.stores import open_outbox
 
     if args.limit is not None and args.limit < 0:
         raise ValidationError("limit", f"must not be negative, got {args.limit}")
     if args.db == ":memory:":  # a new, empty database: there is nothing in it to list or replay
         raise ValidationError("db", "replay needs the outbox file a run wrote; ':memory:' would be a new, empty one")
-    if not Path(args.db).is_file():
+    if not is_postgres_url(args.db) and not Path(args.db).is_file():
         raise ValidationError("db", f"{args.db}: no such database file")
-    with Outbox(args.db, clock=time.time) as outbox:
+    with open_outbox(args.db, clock=time.time) as outbox:
         simulated = _written_by_a_simulation(outbox)
         if simulated is not None:
             # Story time, not Unix time: ages count back from the file's last recorded moment.

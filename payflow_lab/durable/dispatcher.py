@@ -30,6 +30,20 @@ the start, as a safety net. At shutdown the bus
 drains for its deadline and then hands what never started to the outbox
 (:meth:`.Outbox.spill`): those events simply stay pending, due now.
 
+Several dispatchers on one outbox
+=================================
+
+With ``owner`` and ``lease`` the pump *claims* (:meth:`.Outbox.claim`)
+instead of reading: each event it takes is held for ``lease`` seconds under
+its name, and every outcome is written only if the claim is still its own.
+That is what lets several dispatcher processes share a PostgreSQL outbox
+(:mod:`.fleet`): nobody takes an event another one holds, and a dispatcher
+that dies loses its claims when their leases lapse. A dispatcher that was
+paused (SIGSTOP, a long GC, a frozen VM) past its lease does not start a
+delivery it no longer holds; one already on the wire may still arrive late
+and is absorbed by the receiver's idempotency key. The lease must outlast
+``delivery_timeout``, so that an honest delivery never outlives its claim.
+
 Retries happen at two scales. The :class:`~.delivery.Deliverer`'s retry
 policy retries within one call, for seconds; when it gives up, the event is
 rescheduled in the outbox with a capped, jittered backoff (minutes, and it
@@ -44,6 +58,7 @@ import math
 import random
 from collections.abc import Callable, Mapping
 from contextlib import AsyncExitStack
+from functools import partial
 from typing import Any
 
 import anyio
@@ -61,6 +76,8 @@ __all__ = ["Dispatcher"]
 
 #: What :meth:`Dispatcher` did with a delivery's result.
 ACTIONS = ("delivered", "rescheduled", "deferred", "dead_lettered")
+#: A claimer's outcome that could not be written because its lease had been taken over.
+LEASE_LOST = "lease_lost"
 
 
 class Dispatcher:
@@ -73,7 +90,8 @@ class Dispatcher:
     ``on_result(event, result, action)`` is called after each outcome is
     written (``action`` in :data:`ACTIONS`), for a recorder or a dashboard.
     ``rng`` draws the outbox backoff's jitter (pass the world's RNG in a
-    simulation; a seeded one otherwise).
+    simulation; a seeded one otherwise). ``owner`` and ``lease`` make it a
+    claimer among several (see "Several dispatchers" above).
     """
 
     def __init__(
@@ -92,6 +110,8 @@ class Dispatcher:
         max_defer: float = 3600.0,
         rng: random.Random | None = None,
         on_result: Callable[[OutboxEvent, DeliveryResult, str], Any] | None = None,
+        owner: str | None = None,
+        lease: float | None = None,
     ) -> None:
         if not isinstance(outbox, Outbox):
             raise ValidationError("outbox", f"must be an Outbox, got {type(outbox).__name__}")
@@ -123,6 +143,19 @@ class Dispatcher:
         if on_result is not None and not callable(on_result):
             raise ValidationError("on_result", f"must be callable, got {on_result!r}")
         self.on_result = on_result
+        if (owner is None) != (lease is None):
+            raise ValidationError("lease", "a claiming dispatcher needs both owner and lease (or neither)")
+        self.owner = owner
+        self.lease = number("lease", lease, above=0, maximum=86_400, unit=" seconds", optional=True)
+        if self.lease is not None and self.delivery_timeout is not None and self.lease <= self.delivery_timeout:
+            raise ValidationError(
+                "lease",
+                f"must outlast delivery_timeout ({self.delivery_timeout:g} s), got {self.lease:g} s: "
+                "an honest delivery would outlive its claim and be sent twice",
+            )
+        self._lease_ends: dict[str, float] = {}
+        #: Claimed deliveries not started (the lease had lapsed) or whose outcome another claimer owns now.
+        self.lease_lost = 0
         self.bus: HookBus | None = None
         self._handles: dict[str, Any] = {}
         self._in_flight: dict[str, str] = {}  # event id -> kind
@@ -177,6 +210,9 @@ class Dispatcher:
             if self._pump_scope is not None:
                 self._pump_scope.cancel()
             self.report = await self.bus.aclose(self.shutdown_deadline)
+            if self.owner is not None:
+                with anyio.CancelScope(shield=True):  # give back what was claimed and not settled: others take it now
+                    await self.outbox.run(self.outbox.release, self.owner)
         finally:
             await self._stack.aclose()
 
@@ -227,8 +263,13 @@ class Dispatcher:
             after = None if rescan else self._cursor[kind]
             self._settled_while_querying = set()
             try:
-                limit = room + (self._in_flight_by_kind[kind] if after is None else 0)
-                events = await outbox.run(outbox.due, kind, limit, now, after)
+                if self.owner is not None and self.lease is not None:
+                    events = await outbox.run(partial(outbox.claim, self.owner, room, lease=self.lease, kinds=(kind,)))
+                    ends = outbox.clock() + self.lease
+                    self._lease_ends.update((event.event_id, ends) for event in events)
+                else:
+                    limit = room + (self._in_flight_by_kind[kind] if after is None else 0)
+                    events = await outbox.run(outbox.due, kind, limit, now, after)
             finally:
                 settled, self._settled_while_querying = self._settled_while_querying, None
             if bus.state != "running":
@@ -245,6 +286,7 @@ class Dispatcher:
                 bus.emit(f"outbox.{kind}", event)  # room checked above, with no await since: never spills
 
     def _release(self, event_id: str) -> None:
+        self._lease_ends.pop(event_id, None)
         kind = self._in_flight.pop(event_id, None)
         if kind is not None:
             self._in_flight_by_kind[kind] -= 1
@@ -256,6 +298,11 @@ class Dispatcher:
     # -------------------------------------------------------------- delivering
     async def _handle(self, event: OutboxEvent) -> None:
         """One subscriber call: deliver, then write the outcome (shielded: a delivered event gets marked)."""
+        ends = self._lease_ends.get(event.event_id)
+        if ends is not None and self.outbox.clock() >= ends:
+            self.lease_lost += 1  # we were paused past the lease: someone else may hold it now
+            self._release(event.event_id)
+            return
         try:
             result = await self.deliverer.deliver(event)
         except Exception as exc:  # a bug below us: back off and count it, rather than spin on the same event
@@ -263,43 +310,59 @@ class Dispatcher:
         with anyio.CancelScope(shield=True):
             action = await self.outbox.run(self._record, event, result)
             self._release(event.event_id)
+        if action == LEASE_LOST:
+            self.lease_lost += 1
+            return
         self.actions[action] += 1
         if self.on_result is not None:
             self.on_result(event, result, action)
 
     def _record(self, event: OutboxEvent, result: DeliveryResult) -> str:
         """Write one delivery's outcome to the outbox; return the action taken. Runs in the outbox's thread."""
-        outbox = self.outbox
+        outbox, owner = self.outbox, self.owner
         attempts = event.attempts + result.attempts
         if result.status == "delivered":
-            outbox.mark_delivered(event.event_id, attempts=result.attempts)
-            return "delivered"
+            written = outbox.mark_delivered(event.event_id, attempts=result.attempts, owner=owner)
+            return "delivered" if written or owner is None else LEASE_LOST
         now = outbox.clock()
         if result.status == "deferred":
             if now - event.created_at >= self.max_defer:
                 return self._dead(event, result, attempts)
-            outbox.reschedule(
+            written = outbox.reschedule(
                 event.event_id,
                 available_at=now + (result.retry_after or 0.0),
                 attempts=result.attempts,
                 error=result.error,
+                owner=owner,
             )
-            return "deferred"
+            return "deferred" if written or owner is None else LEASE_LOST
         if result.status == "retry" and attempts < self.max_attempts:
             rounds = max(0, attempts - 1)
-            outbox.reschedule(
+            written = outbox.reschedule(
                 event.event_id,
                 available_at=now + self.backoff.delay(rounds),
                 attempts=result.attempts,
                 error=result.error,
+                owner=owner,
             )
-            return "rescheduled"
+            return "rescheduled" if written or owner is None else LEASE_LOST
         return self._dead(event, result, attempts)
 
     def _dead(self, event: OutboxEvent, result: DeliveryResult, attempts: int) -> str:
-        self.outbox.dead_letters.add(
-            event.key, event, result.reason or "unknown", attempts=attempts, kind=event.kind, error=result.error
-        )
+        try:
+            self.outbox.dead_letters.add(
+                event.key,
+                event,
+                result.reason or "unknown",
+                attempts=attempts,
+                kind=event.kind,
+                error=result.error,
+                owner=self.owner,
+            )
+        except ValidationError:
+            if self.owner is None:
+                raise
+            return LEASE_LOST  # taken over between the check and the write
         return "dead_lettered"
 
     def _settled(self, outcome: Outcome) -> None:
@@ -318,6 +381,7 @@ class Dispatcher:
             "claimed": self.claimed,
             **self.actions,
             "unfinished": self.unfinished,
+            "lease_lost": self.lease_lost,
             "in_flight": self.in_flight,
             "deliverer": dict(self.deliverer.results),
             "shutdown": None if self.report is None else self.report.as_dict(),

@@ -24,6 +24,26 @@ What it offers
 :attr:`Outbox.dead_letters`
     the dead letters, in the same file (:mod:`.sqlite_letters`), a
     :class:`~payflow_lab.resilience.DeadLetterStore`.
+:meth:`Outbox.claim` / :meth:`Outbox.release`
+    for several dispatchers on one outbox: take due events with a *lease*
+    (nobody else gets them until it lapses; a dispatcher that dies loses
+    them when it does), and settle them with the ``owner`` that claimed
+    them, so a dispatcher whose lease was taken over cannot overwrite the
+    outcome another one wrote.
+
+Two stores, one contract
+========================
+
+This class keeps the outbox in SQLite: one file, embedded, nothing to run.
+:class:`~.postgres.PostgresOutbox` keeps it in PostgreSQL, for dispatchers in
+several processes or on several machines. The SQL is written once, here, in
+the part of the language both databases speak (``ON CONFLICT DO NOTHING``,
+``RETURNING``, row values); a store differs only in how it connects, how a
+transaction starts, and the ``FOR UPDATE SKIP LOCKED`` that lets concurrent
+claimers pass each other's rows instead of queueing behind them (SQLite has
+one writer at a time, so its claims never race).
+:func:`~.stores.open_outbox` picks the store from the address: a
+``postgresql://`` URL, or a file path.
 
 Blocking calls, and time
 ========================
@@ -58,14 +78,14 @@ import anyio.to_thread
 
 from payflow_lab.core.domain import Payment
 from payflow_lab.core.errors import ValidationError
-from payflow_lab.core.validation import Clock, default_clock
+from payflow_lab.core.validation import Clock, default_clock, integer, number
 from payflow_lab.core.world import SIDE_EFFECT_KINDS
 from payflow_lab.durable.events import DURABLE_KINDS, OutboxEvent, encode_body, event_id
 from payflow_lab.durable.schema import MEMORY, connect, transaction
 from payflow_lab.durable.sqlite_letters import SQLiteDeadLetters
 from payflow_lab.hooks.overflow import Delivery
 
-__all__ = ["EVENT_COLUMNS", "Outbox", "STATUSES"]
+__all__ = ["EVENT_COLUMNS", "Outbox", "STATUSES", "is_postgres_url"]
 
 T = TypeVar("T")
 
@@ -77,8 +97,26 @@ EVENT_COLUMNS = (
 )
 
 
+def is_postgres_url(db: object) -> bool:
+    """True if ``db`` names a PostgreSQL database (``postgresql://...`` or ``postgres://...``), not a file."""
+    return isinstance(db, str) and db.startswith(("postgresql://", "postgres://"))
+
+
 def _event(row: Sequence[Any]) -> OutboxEvent:
     return OutboxEvent(*row)
+
+
+def _owner(owner: object) -> str:
+    if not isinstance(owner, str) or not 1 <= len(owner) <= 200:
+        raise ValidationError("owner", f"must name the claimer in 1 to 200 characters, got {owner!r}")
+    return owner
+
+
+def _owned(sql: str, params: list[Any], owner: str | None) -> tuple[str, list[Any]]:
+    """``sql`` narrowed to rows ``owner`` still claims (unchanged when ``owner`` is None)."""
+    if owner is None:
+        return sql, params
+    return sql + " AND claimed_by = ?", [*params, _owner(owner)]
 
 
 def _check_kinds(kinds: Iterable[str]) -> tuple[str, ...]:
@@ -116,15 +154,24 @@ class Outbox:
         self.path = str(path)
         self.clock = default_clock(clock)
         self.offload = bool(offload)
-        self._db = connect(self.path, busy_timeout=busy_timeout)
-        self._lock = threading.RLock()
+        self._lock: Any = threading.RLock()
+        self._db = self._open(busy_timeout=busy_timeout)
         self._limiter: anyio.CapacityLimiter | None = None
         self._closed = False
         #: Deliveries handed over by a hook bus (overflow or shutdown), by subscriber.
         self.spilled: dict[str, int] = {}
         self.dead_letters = SQLiteDeadLetters(self)
 
+    #: What the claim's inner query adds to lock the rows it picks (PostgreSQL: skip rows another claimer holds).
+    _lock_rows = ""
+
     # ---------------------------------------------------------------- plumbing
+    def _open(self, *, busy_timeout: float) -> Any:
+        return connect(self.path, busy_timeout=busy_timeout)
+
+    def _notify(self, db: Any) -> None:
+        """New events are due: tell dispatchers in other processes (PostgreSQL's NOTIFY; nothing in SQLite)."""
+
     def now(self) -> float:
         return self.clock()
 
@@ -188,10 +235,11 @@ class Outbox:
                     (payment.id, payment.merchant_id, payment.amount_cents, payment.currency, payment.created_at, now),
                 )
             db.executemany(
-                "INSERT OR IGNORE INTO outbox (event_id, kind, payment_id, merchant_id, payload, "
-                "created_at, available_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                "INSERT INTO outbox (event_id, kind, payment_id, merchant_id, payload, "
+                "created_at, available_at) VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
                 rows,
             )
+            self._notify(db)
             found = db.execute(
                 f"SELECT {EVENT_COLUMNS} FROM outbox WHERE payment_id = ? ORDER BY seq", (payment.id,)
             ).fetchall()
@@ -243,51 +291,160 @@ class Outbox:
                     f"cannot spill a {type(payload).__name__} for {kind!r}: expected a Payment or an OutboxEvent",
                 )
         with self._lock, self._write() as db:
-            db.executemany(
-                "INSERT OR IGNORE INTO payments (id, merchant_id, amount_cents, currency, created_at, "
-                "authorized_at) VALUES (?, ?, ?, ?, ?, ?)",
-                payments,
-            )
-            db.executemany(
-                "INSERT OR IGNORE INTO outbox (event_id, kind, payment_id, merchant_id, payload, "
-                "created_at, available_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
-                events,
-            )
+            if payments:
+                db.executemany(
+                    "INSERT INTO payments (id, merchant_id, amount_cents, currency, created_at, "
+                    "authorized_at) VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
+                    payments,
+                )
+            if events:
+                db.executemany(
+                    "INSERT INTO outbox (event_id, kind, payment_id, merchant_id, payload, "
+                    "created_at, available_at) VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
+                    events,
+                )
             for at, ident in requeue:
                 if db.execute("SELECT 1 FROM outbox WHERE event_id = ?", (ident,)).fetchone() is None:
                     raise ValidationError("payload", f"event {ident!r} is not in this outbox ({self.path})")
                 db.execute(
-                    "UPDATE outbox SET available_at = MIN(available_at, ?) WHERE event_id = ? AND status = 'pending'",
-                    (at, ident),
+                    "UPDATE outbox SET available_at = CASE WHEN available_at > ? THEN ? ELSE available_at END, "
+                    "claimed_by = NULL, claimed_until = NULL WHERE event_id = ? AND status = 'pending'",
+                    (at, at, ident),
                 )
+            self._notify(db)
         for delivery in deliveries:
             self.spilled[delivery.subscriber] = self.spilled.get(delivery.subscriber, 0) + 1
 
-    def mark_delivered(self, event_id: str, *, attempts: int = 1) -> bool:
-        """The receiver acknowledged ``event_id``: mark it delivered. False if it was not pending (already done)."""
-        with self._lock, self._write() as db:
-            cursor = db.execute(
-                "UPDATE outbox SET status = 'delivered', delivered_at = ?, "
-                "attempts = attempts + ?, last_error = NULL WHERE event_id = ? AND status = 'pending'",
-                (self.clock(), attempts, event_id),
-            )
-            return cursor.rowcount == 1
+    def mark_delivered(self, event_id: str, *, attempts: int = 1, owner: str | None = None) -> bool:
+        """The receiver acknowledged ``event_id``: mark it delivered. False if it was not pending (already done).
 
-    def reschedule(self, event_id: str, *, available_at: float, attempts: int = 0, error: str | None = None) -> bool:
-        """Not delivered this time: try again no earlier than ``available_at``. False if it was not pending."""
+        With ``owner`` (a claimer's name, see :meth:`claim`) only that
+        claimer's claim is settled: False if the lease lapsed and another
+        dispatcher took the event over (it will write the outcome).
+        """
+        sql, params = _owned(
+            "UPDATE outbox SET status = 'delivered', delivered_at = ?, attempts = attempts + ?, last_error = NULL, "
+            "claimed_by = NULL, claimed_until = NULL WHERE event_id = ? AND status = 'pending'",
+            [self.clock(), attempts, event_id],
+            owner,
+        )
         with self._lock, self._write() as db:
-            cursor = db.execute(
-                "UPDATE outbox SET available_at = ?, attempts = attempts + ?, "
-                "last_error = COALESCE(?, last_error) WHERE event_id = ? AND status = 'pending'",
-                (available_at, attempts, error, event_id),
-            )
-            return cursor.rowcount == 1
+            return db.execute(sql, params).rowcount == 1
+
+    def reschedule(
+        self,
+        event_id: str,
+        *,
+        available_at: float,
+        attempts: int = 0,
+        error: str | None = None,
+        owner: str | None = None,
+    ) -> bool:
+        """Not delivered this time: try again no earlier than ``available_at``. False if it was not pending.
+
+        The event's claim is released; ``owner`` as in :meth:`mark_delivered`.
+        """
+        sql, params = _owned(
+            "UPDATE outbox SET available_at = ?, attempts = attempts + ?, last_error = COALESCE(?, last_error), "
+            "claimed_by = NULL, claimed_until = NULL WHERE event_id = ? AND status = 'pending'",
+            [available_at, attempts, error, event_id],
+            owner,
+        )
+        with self._lock, self._write() as db:
+            return db.execute(sql, params).rowcount == 1
 
     def start_run(self, mode: str) -> int:
         """Note that a process opened the outbox (``mode`` says what it does); return its run number (1, 2, ...)."""
         with self._lock, self._write() as db:
-            cursor = db.execute("INSERT INTO runs (started_at, mode) VALUES (?, ?)", (self.clock(), mode))
-            return int(cursor.lastrowid or 0)
+            row = db.execute(
+                "INSERT INTO runs (started_at, mode) VALUES (?, ?) RETURNING run", (self.clock(), mode)
+            ).fetchone()
+            return int(row[0])
+
+    # ----------------------------------------------------------------- claims
+    def claim(
+        self,
+        owner: str,
+        limit: int,
+        *,
+        lease: float,
+        kinds: Iterable[str] | None = None,
+        now: float | None = None,
+    ) -> list[OutboxEvent]:
+        """Take up to ``limit`` due events for ``owner``, oldest first, each for ``lease`` seconds.
+
+        An event is claimable when it is pending, due, and nobody holds it (no
+        claim, or one whose lease has lapsed: its claimer died or paused).
+        Claiming writes the owner and the lease's end on the row, in one
+        transaction; two claimers never get the same event while a lease
+        lives. The claimer settles each event with ``owner=`` (delivered,
+        rescheduled, dead-lettered) or gives it back with :meth:`release`.
+        """
+        owner = _owner(owner)
+        limit = integer("limit", limit, minimum=0, maximum=100_000)
+        lease = number("lease", lease, above=0, maximum=86_400, unit=" seconds")
+        chosen = self.kinds if kinds is None else _check_kinds(kinds)
+        at = self.clock() if now is None else float(now)
+        if limit == 0:
+            return []
+        marks = ", ".join("?" for _ in chosen)
+        # The picked rows are materialized first: as a plain subquery, PostgreSQL may run it again per row and
+        # claim more than ``limit``.
+        sql = (
+            "WITH picked AS MATERIALIZED ("
+            f"SELECT seq FROM outbox WHERE status = 'pending' AND kind IN ({marks}) AND available_at <= ? "
+            "AND (claimed_until IS NULL OR claimed_until <= ?) "
+            f"ORDER BY available_at, seq LIMIT ?{self._lock_rows}) "
+            "UPDATE outbox SET claimed_by = ?, claimed_until = ?, claims = claims + 1 "
+            f"WHERE seq IN (SELECT seq FROM picked) RETURNING {EVENT_COLUMNS}"
+        )
+        with self._lock, self._write() as db:
+            rows = db.execute(sql, [*chosen, at, at, limit, owner, at + lease]).fetchall()
+        return sorted((_event(row) for row in rows), key=lambda e: (e.available_at, e.seq))
+
+    def release(self, owner: str, event_ids: Iterable[str] | None = None) -> int:
+        """Give back ``owner``'s claims (all of them, or those ``event_ids``) so others may take them now."""
+        owner = _owner(owner)
+        with self._lock, self._write() as db:
+            if event_ids is None:
+                cursor = db.execute(
+                    "UPDATE outbox SET claimed_by = NULL, claimed_until = NULL "
+                    "WHERE claimed_by = ? AND status = 'pending'",
+                    (owner,),
+                )
+                return int(cursor.rowcount)
+            released = 0
+            for ident in event_ids:
+                cursor = db.execute(
+                    "UPDATE outbox SET claimed_by = NULL, claimed_until = NULL "
+                    "WHERE event_id = ? AND claimed_by = ? AND status = 'pending'",
+                    (ident, owner),
+                )
+                released += int(cursor.rowcount)
+            return released
+
+    def holds(self, owner: str, event_id: str, now: float | None = None) -> bool:
+        """True if ``owner``'s lease on pending ``event_id`` is still alive at ``now``."""
+        at = self.clock() if now is None else float(now)
+        rows = self.execute(
+            "SELECT 1 FROM outbox WHERE event_id = ? AND status = 'pending' AND claimed_by = ? AND claimed_until > ?",
+            (event_id, _owner(owner), at),
+        )
+        return bool(rows)
+
+    def claims(self, now: float | None = None) -> dict[str, int]:
+        """Live claims (pending events whose lease has not lapsed at ``now``), by owner."""
+        at = self.clock() if now is None else float(now)
+        rows = self.execute(
+            "SELECT claimed_by, COUNT(*) FROM outbox WHERE status = 'pending' AND claimed_by IS NOT NULL "
+            "AND claimed_until > ? GROUP BY claimed_by ORDER BY claimed_by",
+            (at,),
+        )
+        return {str(owner): int(n) for owner, n in rows}
+
+    def reclaimed(self) -> int:
+        """Events claimed more than once: a lease lapsed (its dispatcher died or paused) or a claim was given back."""
+        return int(self.execute("SELECT COUNT(*) FROM outbox WHERE claims > 1")[0][0])
 
     # ----------------------------------------------------------------- reading
     def due(
@@ -307,20 +464,16 @@ class Outbox:
             params.extend(after)
         sql += " ORDER BY available_at, seq LIMIT ?"
         params.append(limit)
-        with self._lock:
-            rows = self._db.execute(sql, params).fetchall()
-        return [_event(row) for row in rows]
+        return [_event(row) for row in self.execute(sql, params)]
 
     def next_due_at(self) -> float | None:
         """When the earliest pending event becomes due (``None`` if nothing is pending)."""
-        with self._lock:
-            row = self._db.execute("SELECT MIN(available_at) FROM outbox WHERE status = 'pending'").fetchone()
+        row = self.execute("SELECT MIN(available_at) FROM outbox WHERE status = 'pending'")[0]
         return None if row[0] is None else float(row[0])
 
     def get(self, event_id: str) -> OutboxEvent | None:
-        with self._lock:
-            row = self._db.execute(f"SELECT {EVENT_COLUMNS} FROM outbox WHERE event_id = ?", (event_id,)).fetchone()
-        return None if row is None else _event(row)
+        rows = self.execute(f"SELECT {EVENT_COLUMNS} FROM outbox WHERE event_id = ?", (event_id,))
+        return _event(rows[0]) if rows else None
 
     def events(self, *, status: str | None = None, kind: str | None = None) -> list[OutboxEvent]:
         """Every event (with ``status`` and/or of ``kind``), in the order they were recorded."""
@@ -334,33 +487,26 @@ class Outbox:
             clauses.append("kind = ?")
             params.append(kind)
         where = f"WHERE {' AND '.join(clauses)}" if clauses else ""
-        with self._lock:
-            rows = self._db.execute(f"SELECT {EVENT_COLUMNS} FROM outbox {where} ORDER BY seq", params).fetchall()
-        return [_event(row) for row in rows]
+        return [_event(row) for row in self.execute(f"SELECT {EVENT_COLUMNS} FROM outbox {where} ORDER BY seq", params)]
 
     def counts(self) -> dict[str, int]:
         """Events by status (every status present, zeros included), plus ``payments`` and ``attempts``."""
-        with self._lock:
-            by_status = dict(self._db.execute("SELECT status, COUNT(*) FROM outbox GROUP BY status").fetchall())
-            payments = self._db.execute("SELECT COUNT(*) FROM payments").fetchone()[0]
-            attempts = self._db.execute("SELECT COALESCE(SUM(attempts), 0) FROM outbox").fetchone()[0]
+        by_status = dict(self.execute("SELECT status, COUNT(*) FROM outbox GROUP BY status"))
+        payments = self.execute("SELECT COUNT(*) FROM payments")[0][0]
+        attempts = self.execute("SELECT COALESCE(SUM(attempts), 0) FROM outbox")[0][0]
         counts = {status: int(by_status.get(status, 0)) for status in STATUSES}
         return {"payments": int(payments), "events": sum(counts.values()), **counts, "attempts": int(attempts)}
 
     def counts_by_kind(self) -> dict[str, dict[str, int]]:
         """Events by side effect and status."""
-        with self._lock:
-            rows = self._db.execute(
-                "SELECT kind, status, COUNT(*) FROM outbox GROUP BY kind, status ORDER BY kind"
-            ).fetchall()
+        rows = self.execute("SELECT kind, status, COUNT(*) FROM outbox GROUP BY kind, status ORDER BY kind")
         result: dict[str, dict[str, int]] = {}
         for kind, status, n in rows:
             result.setdefault(kind, {s: 0 for s in STATUSES})[status] = int(n)
         return result
 
     def pending(self) -> int:
-        with self._lock:
-            return int(self._db.execute("SELECT COUNT(*) FROM outbox WHERE status = 'pending'").fetchone()[0])
+        return int(self.execute("SELECT COUNT(*) FROM outbox WHERE status = 'pending'")[0][0])
 
     def __repr__(self) -> str:
         return f"<Outbox {self.path!r}>"

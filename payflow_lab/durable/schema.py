@@ -28,6 +28,11 @@ The versions
    ``dead_letters`` table (reason ``retries_exhausted``, as version 1 only
    gave up after its retries); ``runs`` counts the processes that opened the
    file, so each can number its payments apart from the others'.
+3. Claims with leases, for several dispatchers on one outbox: ``outbox``
+   gains ``claimed_by`` (the dispatcher holding the event), ``claimed_until``
+   (when that claim lapses and another dispatcher may take the event) and
+   ``claims`` (how many times it was claimed: more than once means a
+   dispatcher died, paused or gave it back).
 
 Connections run with ``isolation_level=None`` (autocommit) and every write is
 an explicit ``BEGIN IMMEDIATE ... COMMIT``: the write lock is taken at the
@@ -70,7 +75,7 @@ __all__ = [
 #: ``PRAGMA application_id`` of every payflow-lab outbox: the bytes ``PFLB``.
 APPLICATION_ID = 0x50464C42
 #: The schema version this code writes.
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 #: The path that asks for a private, in-memory database (fast; gone with the process).
 MEMORY = ":memory:"
 
@@ -130,8 +135,14 @@ def _v1_to_v2(db: sqlite3.Connection) -> None:
     )
 
 
+def _v2_to_v3(db: sqlite3.Connection) -> None:
+    db.execute("ALTER TABLE outbox ADD COLUMN claimed_by TEXT")
+    db.execute("ALTER TABLE outbox ADD COLUMN claimed_until REAL")
+    db.execute("ALTER TABLE outbox ADD COLUMN claims INTEGER NOT NULL DEFAULT 0")
+
+
 #: Version ``n`` -> the step that turns a version-``n`` file into a version-``n + 1`` one.
-MIGRATIONS: dict[int, Callable[[sqlite3.Connection], None]] = {1: _v1_to_v2}
+MIGRATIONS: dict[int, Callable[[sqlite3.Connection], None]] = {1: _v1_to_v2, 2: _v2_to_v3}
 
 
 def _name(path: str | os.PathLike[str]) -> str:

@@ -13,6 +13,9 @@ consequences worth the lesson:
   does) puts the very same event, with the same id and body, back in the
   outbox for the dispatcher, and the receivers' deduplication still applies.
 
+The SQL is the outbox's portable subset, so the same class keeps the letters
+of a :class:`~.postgres.PostgresOutbox` in its database.
+
 It implements the same protocol as
 :class:`~payflow_lab.resilience.InMemoryDeadLetters`, so
 :func:`payflow_lab.resilience.replay` works on it unchanged: a letter that
@@ -23,7 +26,6 @@ event is marked delivered in the same transaction.
 from __future__ import annotations
 
 import json
-import sqlite3
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager
 from typing import Any, Protocol
@@ -42,7 +44,9 @@ class OutboxFile(Protocol):
     clock: Callable[[], float]
     _lock: Any  # the outbox's lock: a letter and its event change together
 
-    def _write(self) -> AbstractContextManager[sqlite3.Connection]: ...
+    def _write(self) -> AbstractContextManager[Any]: ...
+
+    def _notify(self, db: Any) -> None: ...
 
     def get(self, event_id: str) -> OutboxEvent | None: ...
 
@@ -104,9 +108,21 @@ class SQLiteDeadLetters:
 
     # ------------------------------------------------------------------ writing
     def add(
-        self, key: str, payload: Any, reason: str, *, attempts: int, kind: str = "webhook", error: str | None = None
+        self,
+        key: str,
+        payload: Any,
+        reason: str,
+        *,
+        attempts: int,
+        kind: str = "webhook",
+        error: str | None = None,
+        owner: str | None = None,
     ) -> DeadLetter:
-        """Keep an undelivered ``payload`` with its ``reason``. An :class:`OutboxEvent` payload is also marked dead."""
+        """Keep an undelivered ``payload`` with its ``reason``. An :class:`OutboxEvent` payload is also marked dead.
+
+        ``owner``: only if that claimer still holds the event's claim (see
+        :meth:`.Outbox.claim`); otherwise :class:`ValidationError` and nothing written.
+        """
         check_letter(key, reason, kind, attempts)
         outbox = self._outbox
         event_id: str | None = None
@@ -120,19 +136,25 @@ class SQLiteDeadLetters:
         now = outbox.clock()
         with outbox._lock, outbox._write() as db:
             if event_id is not None:
-                cursor = db.execute(
-                    "UPDATE outbox SET status = 'dead', attempts = ?, last_error = ? "
-                    "WHERE event_id = ? AND status = 'pending'",
-                    (attempts, error, event_id),
+                sql = (
+                    "UPDATE outbox SET status = 'dead', attempts = ?, last_error = ?, claimed_by = NULL, "
+                    "claimed_until = NULL WHERE event_id = ? AND status = 'pending'"
                 )
+                params: list[Any] = [attempts, error, event_id]
+                if owner is not None:
+                    sql += " AND claimed_by = ?"
+                    params.append(owner)
+                cursor = db.execute(sql, params)
                 if cursor.rowcount != 1:
-                    raise ValidationError("payload", f"event {event_id!r} is not pending in this outbox")
-            cursor = db.execute(
-                "INSERT INTO dead_letters (event_id, key, kind, payload, reason, at, attempts, error) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                (event_id, key, kind, body, reason, now, attempts, error),
+                    held = "" if owner is None else f" and claimed by {owner!r}"
+                    raise ValidationError("payload", f"event {event_id!r} is not pending{held} in this outbox")
+            rowid = int(
+                db.execute(
+                    "INSERT INTO dead_letters (event_id, key, kind, payload, reason, at, attempts, error) "
+                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?) RETURNING id",
+                    (event_id, key, kind, body, reason, now, attempts, error),
+                ).fetchone()[0]
             )
-            rowid = int(cursor.lastrowid or 0)
         self.added += 1
         letter = self.get(_letter_id(rowid))
         assert letter is not None
@@ -188,9 +210,15 @@ class SQLiteDeadLetters:
                     continue  # removed meanwhile (replayed by someone else)
                 if row[0] is None:
                     raise ValidationError("letter", f"{_letter_id(rowid)} has no outbox event to re-queue")
-                db.execute("UPDATE outbox SET status = 'pending', available_at = ? WHERE event_id = ?", (now, row[0]))
+                db.execute(
+                    "UPDATE outbox SET status = 'pending', available_at = ?, claimed_by = NULL, claimed_until = NULL "
+                    "WHERE event_id = ?",
+                    (now, row[0]),
+                )
                 db.execute("DELETE FROM dead_letters WHERE id = ?", (rowid,))
                 done.append(_letter_id(rowid))
+            if done:
+                outbox._notify(db)
         return done
 
     # ------------------------------------------------------------------ reading
