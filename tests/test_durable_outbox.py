@@ -452,3 +452,14 @@ def test_an_unreachable_or_misspelt_postgresql_is_named_clearly() -> None:
         PostgresOutbox("outbox.sqlite")
     with pytest.raises(ValidationError, match="pool_size"):
         PostgresOutbox("postgresql://x@127.0.0.1:9/y", pool_size=0)
+
+
+def test_truncate_empties_a_store_and_numbering_starts_again(outbox: Outbox) -> None:
+    [event] = outbox.record_authorization(payment(1), kinds=("webhook",))
+    outbox.dead_letters.add(event.key, event, RETRIES_EXHAUSTED, attempts=1)
+    outbox.start_run("test")
+    outbox.truncate()
+    assert outbox.counts() == {"payments": 0, "events": 0, "pending": 0, "delivered": 0, "dead": 0, "attempts": 0}
+    assert len(outbox.dead_letters) == 0
+    [again] = outbox.record_authorization(payment(2), kinds=("webhook",))
+    assert again.seq == 1 and outbox.start_run("test") == 1

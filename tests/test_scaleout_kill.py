@@ -12,10 +12,8 @@ from pathlib import Path
 from typing import Any
 
 import psycopg
-import pytest
 
 from payflow_lab.durable import Fleet, ReceiverProcess, load_payments, open_outbox
-
 
 
 def wait_until(condition: Any, seconds: float, what: str) -> None:
@@ -34,7 +32,13 @@ def outbox_rows(url: str) -> dict[str, Any]:
         reclaims = conn.execute("SELECT COALESCE(SUM(claims - 1), 0), COUNT(*) FILTER (WHERE claims > 1) FROM outbox")
         extra_claims, reclaimed = reclaims.fetchone()
         live = conn.execute("SELECT COUNT(*) FROM outbox WHERE claimed_by IS NOT NULL").fetchone()[0]
-    return {"statuses": statuses, "ids": ids, "extra_claims": int(extra_claims), "reclaimed": int(reclaimed), "live": live}
+    return {
+        "statuses": statuses,
+        "ids": ids,
+        "extra_claims": int(extra_claims),
+        "reclaimed": int(reclaimed),
+        "live": live,
+    }
 
 
 def applied(receivers: ReceiverProcess) -> tuple[list[str], int]:

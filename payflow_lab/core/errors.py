@@ -220,7 +220,7 @@ class SchemaVersionError(OutboxDatabaseError):
 
 
 class PostgresUnavailable(PayflowError, RuntimeError):
-    """No PostgreSQL to run here (a throw-away cluster cannot start): the message says what is missing and how to install it."""
+    """No PostgreSQL here for a throw-away cluster: the message says what is missing and how to install it."""
 
 
 class NotAnOutbox(OutboxDatabaseError):

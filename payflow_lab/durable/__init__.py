@@ -47,18 +47,18 @@ from payflow_lab.durable import signing
 from payflow_lab.durable.deliverer import REJECTED, Deliverer, DeliveryResult
 from payflow_lab.durable.dispatcher import Dispatcher
 from payflow_lab.durable.events import DURABLE_KINDS, OutboxEvent, decode_body, encode_body, event_id
-from payflow_lab.durable.ledger import ReceiverLedger
 from payflow_lab.durable.fleet import DispatchConfig, Fleet, ReceiverProcess, dispatch, load_payments, serve_receivers
+from payflow_lab.durable.ledger import ReceiverLedger
 from payflow_lab.durable.outbox import Outbox, is_postgres_url
-from payflow_lab.durable.stores import open_outbox
 from payflow_lab.durable.pgcluster import PostgresUnavailable, TemporaryPostgres
-from payflow_lab.durable.postgres import Listener, PostgresOutbox
 from payflow_lab.durable.pipeline import CrashDemo, DurablePipeline, crash_demo, run_durable
+from payflow_lab.durable.postgres import Listener, PostgresOutbox
 from payflow_lab.durable.realtime import RealtimeConfig, run_realtime
 from payflow_lab.durable.receiver import Receiver, ReceiverServer, serve_in_thread
 from payflow_lab.durable.schema import MEMORY, SCHEMA_VERSION, connect
 from payflow_lab.durable.signing import WebhookSigner, generate_secret, sign, signed_headers, verify
 from payflow_lab.durable.sqlite_letters import SQLiteDeadLetters
+from payflow_lab.durable.stores import open_outbox
 from payflow_lab.durable.transport import (
     RETRY_ON,
     Endpoint,

@@ -148,9 +148,7 @@ def register(sub: Any) -> None:
     dp.add_argument("--routes", required=True, help="JSON file of receivers (written by `payflow-lab receivers`)")
     dp.add_argument("--workers", type=_int, default=8, help="concurrent deliveries per side effect (default 8)")
     dp.add_argument("--lease", type=_float, default=30.0, help="seconds a claim lasts (default 30)")
-    dp.add_argument(
-        "--poll", type=_float, default=1.0, help="seconds between looks when no NOTIFY came (default 1)"
-    )
+    dp.add_argument("--poll", type=_float, default=1.0, help="seconds between looks when no NOTIFY came (default 1)")
     dp.add_argument("--timeout", type=_float, default=5.0, help="seconds one delivery may take (default 5)")
     dp.add_argument("--name", default=None, help="this claimer's name (default host:pid)")
     dp.add_argument("--for", dest="duration", type=_float, default=None, help="stop after this many seconds")
@@ -228,7 +226,9 @@ def _cmd_receivers(args: argparse.Namespace) -> int:
 
     from payflow_lab.durable.fleet import serve_receivers
 
-    counters = anyio.run(lambda: serve_receivers(args.dir, merchants=args.merchants, delay=args.delay, ready=_json_line))
+    counters = anyio.run(
+        lambda: serve_receivers(args.dir, merchants=args.merchants, delay=args.delay, ready=_json_line)
+    )
     _json_line({"final": True, "receivers": counters})
     return 0
 

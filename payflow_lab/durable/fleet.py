@@ -71,8 +71,8 @@ from payflow_lab.durable.deliverer import Deliverer
 from payflow_lab.durable.dispatcher import Dispatcher
 from payflow_lab.durable.ledger import ReceiverLedger
 from payflow_lab.durable.outbox import Outbox, is_postgres_url
-from payflow_lab.durable.stores import open_outbox
 from payflow_lab.durable.receiver import Receiver, ReceiverServer
+from payflow_lab.durable.stores import open_outbox
 from payflow_lab.durable.transport import HttpLimits, HttpTransport, Routes
 from payflow_lab.resilience import BreakerConfig, KeyedCircuitBreaker
 
@@ -289,6 +289,20 @@ def _ledger_name(name: str) -> str:
     return f"ledger-{name}.sqlite"
 
 
+def _open_receivers(folder: str | os.PathLike[str], merchants: int, delay: float) -> tuple[Path, list[Receiver]]:
+    """Check the settings and open each receiver's ledger (blocking: done before anything is served)."""
+    integer("merchants", merchants, minimum=1, maximum=64)
+    number("delay", delay, minimum=0, maximum=60, unit=" seconds")
+    base = Path(folder)
+    if not base.is_dir():
+        raise ValidationError("dir", f"{base} is not a directory")
+    names = [f"merchants-{i + 1}" for i in range(merchants)] + ["analytics", "audit"]
+    receivers = [Receiver(name, ledger=ReceiverLedger(base / _ledger_name(name))) for name in names]
+    for receiver in receivers:
+        receiver.set_mode(delay=delay)
+    return base, receivers
+
+
 async def serve_receivers(
     folder: str | os.PathLike[str],
     *,
@@ -305,16 +319,8 @@ async def serve_receivers(
     ``ready`` receives ``{"routes": path, "receivers": [...]}`` once every
     socket listens. Returns each receiver's counters.
     """
-    integer("merchants", merchants, minimum=1, maximum=64)
-    number("delay", delay, minimum=0, maximum=60, unit=" seconds")
-    base = Path(folder)
-    if not base.is_dir():
-        raise ValidationError("dir", f"{base} is not a directory")
-    names = [f"merchants-{i + 1}" for i in range(merchants)] + ["analytics", "audit"]
-    receivers = [Receiver(name, ledger=ReceiverLedger(base / _ledger_name(name))) for name in names]
+    base, receivers = _open_receivers(folder, merchants, delay)
     try:
-        for receiver in receivers:
-            receiver.set_mode(delay=delay)
         server = ReceiverServer(receivers)
         async with anyio.create_task_group() as tg:
             await tg.start(server.serve)
@@ -399,6 +405,11 @@ class ReceiverProcess:
             raise RuntimeError(f"the receivers did not start within {timeout:g} s: {err.strip()[-2000:]}")
         return self
 
+    @property
+    def pid(self) -> int | None:
+        """The receivers' process id while it runs."""
+        return self._proc.pid if self._proc is not None and self._proc.poll() is None else None
+
     def stop(self) -> dict[str, Any] | None:
         """SIGTERM, wait, and keep the receivers' final counters (``final``)."""
         proc = self._proc
@@ -423,7 +434,7 @@ class ReceiverProcess:
         return self.final
 
     def ledgers(self) -> dict[str, dict[str, Any]]:
-        """Each receiver's ledger, read from its file: ``{"event_ids": [...], "applied", "duplicates", "deliveries"}``."""
+        """Each receiver's ledger, read from its file: ``event_ids``, ``applied``, ``duplicates``, ``deliveries``."""
         result: dict[str, dict[str, Any]] = {}
         for name in self.names:
             with ReceiverLedger(self.folder / _ledger_name(name)) as ledger:

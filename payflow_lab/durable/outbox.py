@@ -353,6 +353,13 @@ class Outbox:
         with self._lock, self._write() as db:
             return db.execute(sql, params).rowcount == 1
 
+    def truncate(self) -> None:
+        """Delete every payment, event, dead letter and run (a fresh start for a test, a bench or a lesson)."""
+        with self._lock, self._write() as db:
+            for table in ("dead_letters", "outbox", "payments", "runs"):
+                db.execute(f"DELETE FROM {table}")
+            db.execute("DELETE FROM sqlite_sequence")
+
     def start_run(self, mode: str) -> int:
         """Note that a process opened the outbox (``mode`` says what it does); return its run number (1, 2, ...)."""
         with self._lock, self._write() as db:

@@ -175,6 +175,13 @@ class PostgresOutbox(Outbox):
             raise OutboxDatabaseError(redact(self.url), f"psycopg is not installed ({exc})") from None
         self._errors = psycopg.Error
         self._lock = nullcontext()  # every call takes its own connection from the pool: nothing to serialise
+        # One plain connection first: an unreachable server or a refused login is named at once, not after the
+        # pool's reconnection attempts; the same connection creates the tables.
+        try:
+            with psycopg.connect(self.url, autocommit=True, connect_timeout=max(1, round(busy_timeout))) as conn:
+                self._create_tables(conn)
+        except psycopg.OperationalError as exc:
+            raise OutboxDatabaseError(redact(self.url), f"cannot connect to PostgreSQL: {str(exc).strip()}") from None
         pool = psycopg_pool.ConnectionPool(
             self.url,
             min_size=1,
@@ -191,12 +198,6 @@ class PostgresOutbox(Outbox):
             raise OutboxDatabaseError(
                 redact(self.url), f"cannot connect to PostgreSQL within {busy_timeout:g} s ({exc})"
             ) from None
-        try:
-            with pool.connection() as conn:
-                self._create_tables(conn)
-        except BaseException:
-            pool.close()
-            raise
         return pool
 
     def _create_tables(self, conn: Any) -> None:

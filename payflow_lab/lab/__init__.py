@@ -16,7 +16,11 @@ Needs the ``lab`` extra (``ipywidgets``, ``plotly``, ``anywidget``)::
 :func:`close_all`          stop every live session (a lesson's last cell)
 :func:`live_threads`       simulation threads still alive (should be none)
 :func:`check_environment`  Lesson 00's checks
+:class:`FleetView`         lesson 08: dispatcher processes on PostgreSQL, live
 =========================  ====================================================
+
+:class:`FleetView` is imported on first use: it brings durable delivery
+(httpx, psycopg), which the other lessons do not need.
 """
 
 from __future__ import annotations
@@ -29,6 +33,7 @@ from payflow_lab.lab.plots import display_value, latency_figure, run_figure, sto
 from payflow_lab.lab.session import LiveSession, close_all, live_threads
 
 __all__ = [
+    "FleetView",
     "display_value",
     "story_ms",
     "thin",
@@ -44,3 +49,11 @@ __all__ = [
     "live_threads",
     "run_figure",
 ]
+
+
+def __getattr__(name: str) -> object:
+    if name == "FleetView":
+        from payflow_lab.lab.fleet_view import FleetView
+
+        return FleetView
+    raise AttributeError(f"module 'payflow_lab.lab' has no attribute {name!r}")

@@ -378,6 +378,18 @@ class DemoCheck:
 
 
 @dataclass(frozen=True)
+class FleetCheck:
+    """Lesson 08's live view (``.payflow-fleet``): Start, kill one dispatcher mid-run, nothing lost.
+
+    Real processes in real time, so every wait is in real seconds: ``kill_after`` deliveries
+    before the kill button is pressed, and everything done within ``within_s``.
+    """
+
+    kill_after: int = 200
+    within_s: float = 240.0
+
+
+@dataclass(frozen=True)
 class Lesson:
     """What one lesson must show after Run All, and what its widgets must do."""
 
@@ -385,6 +397,7 @@ class Lesson:
     figures: int
     live: LiveCheck | None = None
     demo: DemoCheck | None = None
+    fleet: FleetCheck | None = None
     run_all_timeout_s: float = 120.0
 
 
@@ -543,6 +556,12 @@ LESSONS: dict[str, Lesson] = {
             )
         ),
     ),
+    "08_scale_out.ipynb": Lesson(
+        panels=0,
+        figures=1,  # the fleet's live figure (the lesson's other outputs are text)
+        fleet=FleetCheck(kill_after=200),
+        run_all_timeout_s=300.0,  # real processes, real HTTP: four fleets and three fault drills
+    ),
 }
 
 
@@ -569,6 +588,8 @@ def check_table(
     for name, lesson in lessons.items():
         if sources is not None and "LiveSession(" in sources.get(name, "") and lesson.live is None:
             problems.append(f"{name} makes a LiveSession but its entry has no LiveCheck")
+        if sources is not None and "FleetView(" in sources.get(name, "") and lesson.fleet is None:
+            problems.append(f"{name} makes a FleetView but its entry has no FleetCheck")
         if lesson.live is None:
             continue
         fault = lesson.live.fault

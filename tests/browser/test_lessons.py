@@ -23,7 +23,18 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 from chromium import require_browser
-from lessons_spec import LESSONS, DemoCheck, FaultCheck, Lesson, LiveCheck, Observed, Sample, Trace, lesson_files
+from lessons_spec import (
+    LESSONS,
+    DemoCheck,
+    FaultCheck,
+    FleetCheck,
+    Lesson,
+    LiveCheck,
+    Observed,
+    Sample,
+    Trace,
+    lesson_files,
+)
 
 if TYPE_CHECKING:  # Playwright is imported only when the browser tests can run (see conftest.require_browser)
     from notebook_page import NotebookPage, SessionView
@@ -88,6 +99,8 @@ def test_lesson_in_the_browser(name: str, request: pytest.FixtureRequest, eviden
         if lesson.demo is not None:
             step("widget demo")
             check_demo(notebook, lesson.demo)
+        if lesson.fleet is not None:
+            check_fleet(notebook, lesson.fleet, context, step)
         if lesson.live is not None:
             check_live(notebook, lesson.live, context, step)
             view = notebook.session(lesson.live.session)
@@ -125,6 +138,41 @@ def check_demo(notebook: NotebookPage, demo: DemoCheck) -> None:
     assert any(isinstance(x, (int, float)) and abs(x - demo.value) < 1e-9 for x in xs), (
         f"the figure changed but shows no point at x = {demo.value:g}: {after}"
     )
+
+
+def check_fleet(notebook: NotebookPage, fleet: FleetCheck, context: dict[str, Any], step: Steps) -> None:
+    """Lesson 08: press Start, kill the busiest dispatcher from its button, and read the outcome off the page."""
+    root = notebook.page.locator(".payflow-fleet")
+    assert root.count() == 1, f"expected one .payflow-fleet view, found {root.count()}"
+    root.scroll_into_view_if_needed()
+
+    def metric(key: str) -> str:
+        return root.locator(f'[data-metric="{key}"]').first.get_attribute("data-value") or ""
+
+    def wait_for(what: str, condition: Any, limit: float) -> None:
+        deadline = time.monotonic() + limit
+        while not condition():
+            readout = {key: metric(key) for key in ("state", "delivered", "pending", "kills", "reclaimed", "lost")}
+            context["fleet"] = readout
+            assert time.monotonic() < deadline, f"waited {limit:g} s for {what}; the readout shows {readout}"
+            assert not metric("state").startswith("failed"), f"the fleet view failed: {metric('state')}"
+            time.sleep(POLL_S)
+
+    assert metric("state") == "idle", f"after Run All the fleet view is {metric('state')!r}, not waiting for Start"
+    step("fleet: start")
+    root.locator(".payflow-fleet-start").click()
+    wait_for("the dispatchers to deliver", lambda: int(metric("delivered") or 0) >= fleet.kill_after, fleet.within_s)
+    step("fleet: kill one")
+    root.locator(".payflow-fleet-kill").click()
+    wait_for("the kill to show", lambda: metric("kills") == "1", 30)
+    wait_for("the run to finish", lambda: metric("state") == "finished", fleet.within_s)
+    step("fleet: finished")
+    delivered, pending, lost = metric("delivered"), metric("pending"), metric("lost")
+    assert pending == "0" and lost == "0", f"after the kill: pending {pending}, lost {lost}"
+    assert metric("applied") == delivered, f"delivered {delivered} but the receivers applied {metric('applied')}"
+    traces = notebook.figure_data(".payflow-fleet") or []
+    drawn = [t for t in traces if len(t.get("x") or []) >= 3]
+    assert len(drawn) >= 4, f"the fleet figure should draw each dispatcher's rate and claims, got {traces}"
 
 
 def check_live(notebook: NotebookPage, live: LiveCheck, context: dict[str, Any], step: Steps) -> None:
