@@ -45,9 +45,28 @@ def test_a_killed_dispatcher_s_claims_are_taken_over_and_nothing_is_lost(postgre
     assert not view.fleet or not view.fleet.alive()
 
 
+def test_without_a_database_the_view_starts_its_own_and_close_stops_it(postgres: object) -> None:
+    """What the lesson does: no url, no receivers; Start brings them up, close() takes them down, Start again works."""
+    view = FleetView(events=120, dispatchers=1, workers=4, lease=2.0, timeout=0.5, delay=0.0)
+    try:
+        for _ in range(2):
+            assert view.url is None and view.receivers is None
+            view.start()
+            cluster = view._own[0]
+            assert cluster.pid() is not None and view.receivers is not None and view.receivers.pid is not None
+            totals = view.wait(120)
+            assert totals["state"] == "finished" and totals["delivered"] == 120 and totals["lost"] == 0
+            view.close()
+            assert cluster.pid() is None and view.outbox is None
+    finally:
+        view.close()
+
+
 def test_the_view_refuses_settings_it_cannot_show(tmp_path: Path) -> None:
     with pytest.raises(ValidationError, match="receivers"):
         FleetView("postgresql://x@127.0.0.1:9/y", object())  # type: ignore[arg-type]
+    with pytest.raises(ValidationError, match="both url and receivers"):
+        FleetView("postgresql://x@127.0.0.1:9/y")
     receivers = ReceiverProcess(tmp_path / "r")  # never started: the checks come first
     for options, field in (({"dispatchers": 3}, "dispatchers"), ({"events": 0}, "events"), ({"lease": 0}, "lease")):
         with pytest.raises(ValidationError) as caught:

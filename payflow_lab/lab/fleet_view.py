@@ -22,9 +22,11 @@ from __future__ import annotations
 
 import asyncio
 import html
+import tempfile
 import threading
 import time
 from collections import deque
+from pathlib import Path
 from typing import Any
 
 import ipywidgets as widgets
@@ -33,6 +35,8 @@ import plotly.graph_objects as go
 from payflow_lab.core.errors import ValidationError
 from payflow_lab.core.validation import integer, number
 from payflow_lab.durable.fleet import Fleet, ReceiverProcess, load_payments
+from payflow_lab.durable.outbox import Outbox
+from payflow_lab.durable.pgcluster import TemporaryPostgres
 from payflow_lab.durable.stores import open_outbox
 
 __all__ = ["FleetView"]
@@ -58,8 +62,13 @@ COLORS = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e3
 class FleetView:
     """Start ``dispatchers`` processes on the outbox at ``url``, record ``events`` webhooks, watch, kill one.
 
-    ``receivers`` is the running :class:`~payflow_lab.durable.fleet.ReceiverProcess`
-    they deliver to. ``workers``, ``lease`` and ``timeout`` are each
+    Without ``url`` and ``receivers`` the view starts its own throw-away
+    PostgreSQL (:class:`~payflow_lab.durable.pgcluster.TemporaryPostgres`)
+    and receivers (taking ``delay`` seconds per request) at the first Start,
+    and stops them in :meth:`close`; a Start after :meth:`close` starts them
+    again, so the view works whatever the notebook's other cells did.
+    ``receivers`` is a running :class:`~payflow_lab.durable.fleet.ReceiverProcess`.
+    ``workers``, ``lease`` and ``timeout`` are each
     dispatcher's (see ``payflow-lab dispatch``). Each Start records new
     payments, numbered on from ``first_payment``, so the receivers' ledgers
     never mistake them for an earlier run's. Display :attr:`widget`.
@@ -67,9 +76,10 @@ class FleetView:
 
     def __init__(
         self,
-        url: str,
-        receivers: ReceiverProcess,
+        url: str | None = None,
+        receivers: ReceiverProcess | None = None,
         *,
+        delay: float = 0.05,
         events: int = 3000,
         dispatchers: int = 2,
         workers: int = 4,
@@ -78,10 +88,16 @@ class FleetView:
         interval: float = 0.5,
         first_payment: int = 1,
     ) -> None:
-        if not isinstance(receivers, ReceiverProcess):
+        if receivers is not None and not isinstance(receivers, ReceiverProcess):
             raise ValidationError("receivers", f"must be a ReceiverProcess, got {type(receivers).__name__}")
+        if (url is None) != (receivers is None):
+            raise ValidationError("url", "give both url and receivers, or neither (the view then starts its own)")
         self.url = url
         self.receivers = receivers
+        self.delay = number("delay", delay if receivers is None else receivers.delay, minimum=0, maximum=10)
+        self._own: list[Any] = []  # what the view started itself (PostgreSQL, the receivers): stopped by close()
+        self._folder: tempfile.TemporaryDirectory[str] | None = None
+        self.outbox: Outbox | None = None
         self.events = integer("events", events, minimum=1, maximum=200_000)
         self.workers = integer("workers", workers, minimum=1, maximum=64)
         self.lease = number("lease", lease, above=0, maximum=3600, unit=" seconds")
@@ -104,7 +120,6 @@ class FleetView:
 
         if dispatchers not in (1, 2, 4) or isinstance(dispatchers, bool):
             raise ValidationError("dispatchers", f"must be 1, 2 or 4, got {dispatchers!r}")
-        self.outbox = open_outbox(url, pool_size=2)  # after every check: a refused setting opens nothing
         self.count = widgets.ToggleButtons(
             options=[("1", 1), ("2", 2), ("4", 4)],
             value=dispatchers,
@@ -128,7 +143,7 @@ class FleetView:
             layout=go.Layout(
                 height=460,
                 margin={"l": 60, "r": 20, "t": 40, "b": 40},
-                title={"text": f"{self.events:,} webhooks, receivers taking {receivers.delay * 1000:g} ms"},
+                title={"text": f"{self.events:,} webhooks, receivers taking {self.delay * 1000:g} ms"},
                 xaxis={"domain": [0, 1], "anchor": "y", "title": {"text": "real seconds since Start"}},
                 yaxis={"domain": [0.55, 1], "title": {"text": "deliveries / s"}, "rangemode": "tozero"},
                 xaxis2={"domain": [0, 1], "anchor": "y2", "matches": "x", "showticklabels": False},
@@ -159,19 +174,34 @@ class FleetView:
             self.fleet.stop()
         self._set_state("failed")
 
+    def _services(self) -> tuple[str, ReceiverProcess, Outbox]:
+        """The database, the receivers and an open outbox, started (or opened again) if need be."""
+        if self.url is None or self.receivers is None:
+            self.totals["state"] = "starting PostgreSQL and the receivers"
+            self._render(keep_state=True)
+            cluster = TemporaryPostgres(name="fleet").start()
+            self._own.append(cluster)
+            self._folder = tempfile.TemporaryDirectory(prefix="payflow-fleet-")
+            receivers = ReceiverProcess(Path(self._folder.name), merchants=3, delay=self.delay).start()
+            self._own.append(receivers)
+            self.url, self.receivers = cluster.url, receivers
+        if self.outbox is None:
+            self.outbox = open_outbox(self.url, pool_size=2)
+        return self.url, self.receivers, self.outbox
+
     def start(self, dispatchers: int | None = None) -> None:
         """Empty the outbox, start the dispatchers, then record the webhooks (in a thread) and start watching."""
         if self.state == "running":
             raise ValidationError("start", "the fleet is already running: press Stop first")
         n = self.count.value if dispatchers is None else dispatchers
         integer("dispatchers", n, minimum=1, maximum=8)
-        self.outbox.truncate()
-        self.fleet = Fleet(
-            self.url, self.receivers.routes, workers=self.workers, lease=self.lease, timeout=self.timeout
-        )
+        url, receivers, outbox = self._services()
+        self.error = None
+        outbox.truncate()
+        self.fleet = Fleet(url, receivers.routes, workers=self.workers, lease=self.lease, timeout=self.timeout)
         self.fleet.start(n)
         self._reset()
-        ledgers = self.receivers.ledgers()
+        ledgers = receivers.ledgers()
         self._baseline = {key: sum(ledger[key] for ledger in ledgers.values()) for key in ("applied", "duplicates")}
         self._started = time.monotonic()
         self._loaded.clear()
@@ -182,6 +212,7 @@ class FleetView:
 
     def _load(self, first: int) -> None:
         try:
+            assert self.outbox is not None
             load_payments(self.outbox, self.events, kinds=("webhook",), first=first)
         except Exception as exc:  # the poller reports it and stops the fleet
             self.error = f"recording the webhooks failed: {type(exc).__name__}: {exc}"
@@ -210,9 +241,19 @@ class FleetView:
             self._set_state("stopped")
 
     def close(self) -> None:
-        """Stop, and close the outbox connection (the receivers belong to the caller)."""
+        """Stop the dispatchers, close the outbox, and stop what the view started itself (a later Start restarts it)."""
         self.stop()
-        self.outbox.close()
+        if self.outbox is not None:
+            self.outbox.close()
+            self.outbox = None
+        if self._own:
+            for service in reversed(self._own):
+                service.stop()
+            self._own.clear()
+            self.url = self.receivers = None
+        if self._folder is not None:
+            self._folder.cleanup()
+            self._folder = None
 
     def wait(self, timeout: float = 300.0) -> dict[str, Any]:
         """Block until the run finished (for scripts and tests; a notebook watches instead); return the totals."""
@@ -254,9 +295,11 @@ class FleetView:
         if self.error is not None:
             raise RuntimeError(self.error)
         now = time.monotonic() - self._started
+        outbox, receivers = self.outbox, self.receivers
+        assert outbox is not None and receivers is not None
         status = fleet.status()
-        held = self.outbox.claims()
-        counts = self.outbox.counts()
+        held = outbox.claims()
+        counts = outbox.counts()
         x = round(now, 2)
         self._x.append(x)
         for name, s in status.items():
@@ -278,7 +321,7 @@ class FleetView:
             for held_counts in self._held.values():
                 if held_counts:
                     held_counts.popleft()
-        ledgers = self.receivers.ledgers()
+        ledgers = receivers.ledgers()
         applied = sum(ledger["applied"] for ledger in ledgers.values()) - self._baseline["applied"]
         loaded = self._loaded.is_set()
         self.totals.update(
@@ -287,7 +330,7 @@ class FleetView:
             kills=fleet.kills,
             pending=counts["pending"],
             delivered=counts["delivered"],
-            reclaimed=self.outbox.reclaimed(),
+            reclaimed=outbox.reclaimed(),
             applied=applied,
             duplicates=sum(ledger["duplicates"] for ledger in ledgers.values()) - self._baseline["duplicates"],
             lost=(self.events - counts["delivered"] - counts["pending"] - counts["dead"]) if loaded else 0,
@@ -298,9 +341,8 @@ class FleetView:
             self._generation += 1
             self._set_state("finished")
         elif not fleet.alive():
-            self._set_state("running")  # nobody left: the readout says so; Start again, or wait for Stop
-            self.totals["state"] = "no dispatcher alive"
-            self._render()
+            self.totals["state"] = "running, no dispatcher alive: nothing moves until one starts (Stop, then Start)"
+            self._render(keep_state=True)
 
     # ------------------------------------------------------------------ drawing
     def _reset(self) -> None:
@@ -349,8 +391,9 @@ class FleetView:
         self.stop_button.disabled = not running
         self._render()
 
-    def _render(self) -> None:
-        self.totals["state"] = self.state if self.error is None else f"{self.state}: {self.error}"
+    def _render(self, *, keep_state: bool = False) -> None:
+        if not keep_state:
+            self.totals["state"] = self.state if self.error is None else f"{self.state}: {self.error}"
         cells = []
         for key, label in READOUT:
             value = self.totals.get(key)

@@ -101,6 +101,8 @@ def test_lesson_in_the_browser(name: str, request: pytest.FixtureRequest, eviden
             check_demo(notebook, lesson.demo)
         if lesson.fleet is not None:
             check_fleet(notebook, lesson.fleet, context, step)
+            evidence_dir.mkdir(parents=True, exist_ok=True)  # the fleet as drawn at its end: evidence, pass or fail
+            notebook.page.locator(".payflow-fleet").screenshot(path=str(evidence_dir / "fleet-after-the-run.png"))
         if lesson.live is not None:
             check_live(notebook, lesson.live, context, step)
             view = notebook.session(lesson.live.session)
