@@ -88,6 +88,24 @@ def test_no_module_imports_a_higher_layer():
     assert _upward(EDGES) == []
 
 
+#: Imports between packages of the same layer that docs/architecture.md allows: the runner builds the
+#: summary the summary module defines; lesson 08's fleet view (lab) drives durable delivery's processes.
+#: Nothing else in a layer imports a neighbour.
+SIDEWAYS_ALLOWED = {("runner", "summary"), ("lab", "durable")}
+
+
+def test_packages_of_one_layer_import_each_other_only_where_the_architecture_says():
+    sideways = sorted(
+        {
+            (_top(a), _top(b))
+            for a, targets in EDGES.items()
+            for b in targets
+            if _top(a) != _top(b) and _layer(a) == _layer(b) and _top(a) not in ("__init__", "__main__", "app")
+        }
+    )
+    assert [edge for edge in sideways if edge not in SIDEWAYS_ALLOWED] == []
+
+
 def test_no_import_cycles():
     assert _circles(EDGES) == []
 

@@ -95,3 +95,27 @@ def test_the_scaleout_measurement_counts_from_the_database(postgres: object, tmp
         result = measure(url, receivers.routes, 1, 80, [])
     assert result["delivered"] == 80 and result["reclaimed"] == 0
     assert 5 < result["rate"] < 10_000 and result["cpu_ms_per_delivery"] > 0
+
+
+def test_realtime_points_a_postgresql_url_to_the_commands_that_take_one() -> None:
+    result = cli("realtime", "--db", "postgresql://payflow@127.0.0.1:5432/payflow", "--duration", "1")
+    assert result.returncode == 2 and "payflow-lab dispatch" in result.stderr and "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize("backend", ["asyncio", "trio"])
+def test_a_dispatcher_on_postgresql_runs_on_both_backends(backend: str, postgres_url: str, tmp_path: Path) -> None:
+    """psycopg's blocking API from worker threads: the same dispatcher on asyncio and on trio."""
+    import anyio
+
+    from payflow_lab.durable import DispatchConfig, dispatch
+
+    with open_outbox(postgres_url) as outbox:
+        load_payments(outbox, 40, kinds=("webhook", "analytics"))
+    with ReceiverProcess(tmp_path / "r", merchants=2, delay=0.0) as receivers:
+        config = DispatchConfig(db=postgres_url, routes=receivers.routes, until_empty=True, name=f"on-{backend}")
+        lines: list[dict[str, object]] = []
+        summary = anyio.run(lambda: dispatch(config, emit=lines.append), backend=backend)
+    assert summary["stopped_by"] == "empty" and summary["dispatcher"]["delivered"] == 80
+    assert lines and lines[-1]["final"] is True
+    with open_outbox(postgres_url) as outbox:
+        assert outbox.counts()["delivered"] == 80 and outbox.claims() == {}

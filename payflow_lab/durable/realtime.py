@@ -50,7 +50,7 @@ from payflow_lab.core.world import World
 from payflow_lab.durable.deliverer import Deliverer
 from payflow_lab.durable.dispatcher import Dispatcher
 from payflow_lab.durable.ledger import ReceiverLedger
-from payflow_lab.durable.outbox import Outbox
+from payflow_lab.durable.outbox import Outbox, is_postgres_url
 from payflow_lab.durable.receiver import Receiver, ReceiverServer
 from payflow_lab.durable.schema import MEMORY
 from payflow_lab.durable.transport import RETRY_ON, HttpLimits, HttpTransport, Routes
@@ -91,6 +91,13 @@ class RealtimeConfig:
     def __post_init__(self) -> None:
         if self.db is not None and (not isinstance(self.db, str) or not self.db):
             raise ValidationError("db", f"must be a file path or ':memory:', got {self.db!r}")
+        if is_postgres_url(self.db):
+            raise ValidationError(
+                "db",
+                "realtime keeps its receivers' ledgers beside a SQLite outbox file; for PostgreSQL run "
+                "`payflow-lab receivers` and one or more `payflow-lab dispatch --db postgresql://...` "
+                "(docs/scale-out.md)",
+            )
         _number("duration", self.duration, 0.0, 3600.0)
         _number("rate", self.rate, 0.1, 2000.0)
         integer("receivers", self.receivers, minimum=1, maximum=50, optional=True)
