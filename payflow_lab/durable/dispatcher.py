@@ -278,8 +278,10 @@ class Dispatcher:
                 if handle.queued >= handle.queue_size:
                     break
                 self._cursor[kind] = (event.available_at, event.seq)
-                if event.event_id in self._in_flight or event.event_id in settled:
-                    continue  # already queued or running, or finished while we were reading
+                if event.event_id in self._in_flight:
+                    continue  # already queued or running (a claim renewed on our own event keeps it ours)
+                if event.event_id in settled and self.owner is None:
+                    continue  # finished while we were reading (claimed again, it is due again: deliver it)
                 self._in_flight[event.event_id] = kind
                 self._in_flight_by_kind[kind] += 1
                 self.claimed += 1

@@ -142,14 +142,7 @@ async def dispatch(config: DispatchConfig, *, emit: Callable[[dict[str, Any]], A
     started = time.time()
     stopped_by = "end"
     try:
-        limits = HttpLimits(
-            max_connections=4 * config.workers,
-            max_keepalive=2 * config.workers,
-            read_timeout=config.timeout + 0.5,
-            connect_timeout=1.0,
-            write_timeout=1.0,
-            pool_timeout=1.0,
-        )
+        limits = HttpLimits.for_workers(config.workers, config.timeout)
         breakers: KeyedCircuitBreaker[str] = KeyedCircuitBreaker(
             BreakerConfig(failure_ratio=0.5, minimum_throughput=5, window_size=5.0, break_duration=1.0)
         )

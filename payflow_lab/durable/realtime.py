@@ -225,14 +225,7 @@ async def _deliver(state: _Run, routes: Routes) -> dict[str, Any]:
         retry_on=RETRY_ON,
         budget=RetryBudget(ratio=0.2, max_tokens=20.0, refill_per_s=5.0),
     )
-    limits = HttpLimits(
-        max_connections=4 * config.workers,
-        max_keepalive=2 * config.workers,
-        read_timeout=config.timeout + 0.5,
-        connect_timeout=1.0,
-        write_timeout=1.0,
-        pool_timeout=1.0,
-    )
+    limits = HttpLimits.for_workers(config.workers, config.timeout)
     async with HttpTransport(routes, limits=limits) as transport:
         deliverer = Deliverer(
             transport,

@@ -238,6 +238,24 @@ class HttpLimits:
         for name in ("keepalive_expiry", "connect_timeout", "read_timeout", "write_timeout", "pool_timeout"):
             number(name, getattr(self, name), above=0, maximum=3600, unit=" seconds")
 
+    @classmethod
+    def for_workers(cls, workers: int, timeout: float) -> HttpLimits:
+        """Limits for ``workers`` concurrent deliveries of at most ``timeout`` seconds each, on loopback.
+
+        Four sockets per worker (a hanging receiver holds some while others
+        are opened), half of them kept alive; reads may take the delivery's
+        timeout and a little more (the delivery's own deadline comes first);
+        connecting, writing and waiting for a free socket take a second at most.
+        """
+        return cls(
+            max_connections=4 * workers,
+            max_keepalive=2 * workers,
+            read_timeout=timeout + 0.5,
+            connect_timeout=1.0,
+            write_timeout=1.0,
+            pool_timeout=1.0,
+        )
+
 
 class HttpTransport:
     """Signed ``POST`` of each event's body to the receiver ``routes`` picks. Use as ``async with``.
