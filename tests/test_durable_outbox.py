@@ -331,6 +331,7 @@ def test_claims_take_due_events_oldest_first_and_nobody_else_gets_them_while_the
 
     clock.now += 10  # every lease lapses: d1 and d2 died, or paused
     assert not outbox.holds("d1", first[0].event_id) and outbox.claims() == {}
+    assert outbox.held_by("d1") == 2  # still on the rows until someone takes them over
     taken = outbox.claim("d3", 10, lease=10)
     assert [e.event_id for e in taken] == [e.event_id for e in first + second]
     assert outbox.reclaimed() == 5

@@ -449,6 +449,11 @@ class Outbox:
         )
         return {str(owner): int(n) for owner, n in rows}
 
+    def held_by(self, owner: str) -> int:
+        """Pending events whose row still names ``owner``, lease lapsed or not (0: all settled or taken over)."""
+        rows = self.execute("SELECT COUNT(*) FROM outbox WHERE status = 'pending' AND claimed_by = ?", (_owner(owner),))
+        return int(rows[0][0])
+
     def reclaimed(self) -> int:
         """Events claimed more than once: a lease lapsed (its dispatcher died or paused) or a claim was given back."""
         return int(self.execute("SELECT COUNT(*) FROM outbox WHERE claims > 1")[0][0])
