@@ -119,3 +119,18 @@ def test_a_dispatcher_on_postgresql_runs_on_both_backends(backend: str, postgres
     assert lines and lines[-1]["final"] is True
     with open_outbox(postgres_url) as outbox:
         assert outbox.counts()["delivered"] == 80 and outbox.claims() == {}
+
+
+def test_the_processes_raise_their_open_files_limit_to_the_hard_limit() -> None:
+    """A normal user's soft limit (1024) ran out after twenty kills in the receivers; both processes raise it."""
+    code = (
+        "import resource\n"
+        "from payflow_lab.durable.fleet import raise_open_files_limit\n"
+        "soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)\n"
+        "resource.setrlimit(resource.RLIMIT_NOFILE, (min(256, hard), hard))\n"
+        "print(raise_open_files_limit(), resource.getrlimit(resource.RLIMIT_NOFILE)[0], min(256, hard), hard)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    raised, now, lowered, hard = (int(x) for x in done.stdout.split())
+    assert raised == now and now >= lowered and (now == hard or hard == -1)
+    assert now > lowered or lowered == hard

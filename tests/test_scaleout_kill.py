@@ -66,7 +66,13 @@ def test_twenty_kills_lose_nothing_and_every_repeat_is_absorbed(postgres_url: st
             fleet.restart(victim)
         during = outbox_rows(postgres_url)
         assert during["statuses"].get("pending", 0) > 0, "the kills must land while there is work, or prove nothing"
-        wait_until(lambda: outbox_rows(postgres_url)["statuses"].get("pending", 0) == 0, 240, "the outbox to drain")
+        try:
+            wait_until(lambda: outbox_rows(postgres_url)["statuses"].get("pending", 0) == 0, 240, "the outbox to drain")
+        except AssertionError as exc:  # say what the fleet was doing: that is what finds the cause
+            with open_outbox(postgres_url) as box:
+                detail = {"counts": box.counts(), "claims": box.claims(), "status": fleet.status()}
+                detail["logs"] = {name: fleet.logs(name)[-8:] for name in names}
+            raise AssertionError(f"{exc}: {detail}") from None
         fleet.stop()
     receivers.stop()
 

@@ -130,6 +130,26 @@ class DispatchConfig:
             raise ValidationError("name", f"must be 1 to 200 characters, got {self.name!r}")
 
 
+def raise_open_files_limit() -> int:
+    """Raise this process's soft limit on open files to its hard limit; return the new soft limit.
+
+    A receiver serves every dispatcher's connections, and a dispatcher keeps
+    several per endpoint; sockets of a SIGKILLed peer stay open until the
+    kernel and the server notice. A normal user's default soft limit (1024
+    on Debian, against root's 20,000 here) ran out after about twenty kills:
+    every accept failed, every breaker opened, and nothing was delivered
+    again. Servers raise it at start for the same reason.
+    """
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    wanted = hard if hard != resource.RLIM_INFINITY else max(soft, 65_536)
+    if soft != resource.RLIM_INFINITY and soft < wanted:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, hard))
+        soft = wanted
+    return int(soft)
+
+
 async def dispatch(config: DispatchConfig, *, emit: Callable[[dict[str, Any]], Any] | None = None) -> dict[str, Any]:
     """Run one dispatcher until SIGTERM/SIGINT, ``duration`` or (``until_empty``) an empty outbox; return its summary.
 
@@ -137,6 +157,7 @@ async def dispatch(config: DispatchConfig, *, emit: Callable[[dict[str, Any]], A
     command prints each as one JSON line).
     """
     routes = Routes.load(config.routes)  # a bad routes file is refused before anything is claimed
+    raise_open_files_limit()
     outbox = open_outbox(config.db, clock=time.time, offload=True)
     owner = config.name or f"{socket.gethostname()}:{os.getpid()}"
     started = time.time()
@@ -313,6 +334,7 @@ async def serve_receivers(
     socket listens. Returns each receiver's counters.
     """
     base, receivers = _open_receivers(folder, merchants, delay)
+    raise_open_files_limit()
     try:
         server = ReceiverServer(receivers)
         async with anyio.create_task_group() as tg:
