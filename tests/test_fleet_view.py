@@ -56,6 +56,8 @@ def test_without_a_database_the_view_starts_its_own_and_close_stops_it(postgres:
             assert cluster.pid() is not None and view.receivers is not None and view.receivers.pid is not None
             totals = view.wait(120)
             assert totals["state"] == "finished" and totals["delivered"] == 120 and totals["lost"] == 0
+            # Stopped as soon as the run ended: a kernel killed now (no clean-up runs) leaves no server behind.
+            assert cluster.pid() is None and view.outbox is None and view.url is None
             view.close()
             assert cluster.pid() is None and view.outbox is None
     finally:

@@ -173,6 +173,8 @@ class FleetView:
         if self.fleet is not None:
             self.fleet.stop()
         self._set_state("failed")
+        if self._own:
+            self._stop_own()
 
     def _services(self) -> tuple[str, ReceiverProcess, Outbox]:
         """The database, the receivers and an open outbox, started (or opened again) if need be."""
@@ -239,10 +241,21 @@ class FleetView:
             self.fleet.stop()
         if self.state == "running":
             self._set_state("stopped")
+            if self._own:
+                self._stop_own()
 
     def close(self) -> None:
         """Stop the dispatchers, close the outbox, and stop what the view started itself (a later Start restarts it)."""
         self.stop()
+        self._stop_own()
+
+    def _stop_own(self) -> None:
+        """Close the outbox and stop the PostgreSQL and receivers the view started (not those it was given).
+
+        Done as soon as a run ends, not only in :meth:`close`: a kernel that is
+        killed (a restart, a closed browser tab in a test) runs no clean-up, and
+        a server it started would outlive it. The next Start starts them again.
+        """
         if self.outbox is not None:
             self.outbox.close()
             self.outbox = None
@@ -340,6 +353,8 @@ class FleetView:
             fleet.stop()
             self._generation += 1
             self._set_state("finished")
+            if self._own:
+                self._stop_own()
         elif not fleet.alive():
             self.totals["state"] = "running, no dispatcher alive: nothing moves until one starts (Stop, then Start)"
             self._render(keep_state=True)
