@@ -248,7 +248,39 @@ def test_bench_prints_one_line_per_step_when_stderr_is_not_a_terminal() -> None:
     )
     assert done.returncode == 0
     assert list(json.loads(done.stdout)["results"]) == ["backends"]
-    assert done.stderr.splitlines() == ["payflow-lab bench: [1/1] backends"]
+    assert done.stderr.splitlines() == [
+        "payflow-lab bench: [1/1] backends",
+        "  phase 1 on asyncio, memory off, run 1/1",  # each status note, indented under its step
+        "  phase 1 on trio, memory off, run 1/1",
+    ]
+
+
+def test_a_plain_log_gets_the_story_clock_of_a_long_step_every_heartbeat() -> None:
+    class Simulation:  # what on_tick reads of a running simulation
+        class world:
+            @staticmethod
+            def clock() -> float:
+                return 14 * 3600 + 30 * 60
+
+        class scenario:
+            start = 13 * 3600 + 50 * 60
+
+        class config:
+            sim_duration = 4800.0
+
+    stream = io.StringIO()
+    with progress.Steps("job", total=1, stream=stream, terminal=False, heartbeat=0.0) as steps:
+        with steps.step("phase 5, blackfriday") as on_tick:
+            on_tick(Simulation)
+            on_tick(Simulation)
+    assert (
+        stream.getvalue().splitlines()
+        == ["job: [1/1] phase 5, blackfriday"] + ["  phase 5, blackfriday: story clock 14:30:00 (50% of the run)"] * 2
+    )
+    quiet = io.StringIO()
+    with progress.Steps("job", total=1, stream=quiet, terminal=False) as steps, steps.step("short") as on_tick:
+        on_tick(Simulation)  # within the first ten seconds: nothing to add
+    assert quiet.getvalue().splitlines() == ["job: [1/1] short"]
 
 
 def test_steps_count_only_finished_steps() -> None:
@@ -275,3 +307,10 @@ def test_readme_mentions_every_command() -> None:
     readme = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
     for command in ("run", "bench", "lessons", "realtime", "replay"):
         assert f"payflow-lab {command}" in readme
+
+
+def test_a_note_is_an_indented_line_in_a_plain_log() -> None:
+    log = io.StringIO()
+    with progress.Steps("job", total=1, stream=log, terminal=False) as steps, steps.step("only"):
+        progress.note("halfway there")
+    assert log.getvalue().splitlines() == ["job: [1/1] only", "  halfway there"]

@@ -24,7 +24,8 @@ OUTAGE = {**BUSY, "tier_modes": {"standard": "hang"}}
 
 
 def _run(faults, **options):
-    options = {"seed": SEED, "scale": SCALE, "duration": DURATION, **options}
+    # the heap, traced: these tests weigh tasks, and a resident size reuses what earlier tests freed
+    options = {"seed": SEED, "scale": SCALE, "duration": DURATION, "memory": "tracemalloc", **options}
     return pf.run("normal", phase=2, faults=faults, **options)
 
 

@@ -39,7 +39,8 @@ ONE_MERCHANT_HANGS = {**HEALTHY, "merchants": {_busiest_standard_merchant(): {"m
 
 
 def _run(faults, phase=3, **options):
-    options = {"seed": SEED, "scale": SCALE, "duration": DURATION, **options}
+    # the heap, traced: these tests weigh tasks, and a resident size reuses what earlier tests freed
+    options = {"seed": SEED, "scale": SCALE, "duration": DURATION, "memory": "tracemalloc", **options}
     return pf.run("normal", phase=phase, faults=faults, **options)
 
 

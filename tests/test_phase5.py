@@ -328,7 +328,7 @@ def test_webhook_jobs_carry_their_history() -> None:
 
 
 # ----------------------------------------- RetryPolicy's fast path (resilience/retry.py, for Phase 5)
-def test_a_first_attempt_that_succeeds_never_enters_tenacity(monkeypatch: Any) -> None:
+def test_a_first_attempt_that_succeeds_never_enters_the_retry_loop(monkeypatch: Any) -> None:
     import random
 
     import payflow_lab.resilience.retry as retry_module
@@ -336,7 +336,7 @@ def test_a_first_attempt_that_succeeds_never_enters_tenacity(monkeypatch: Any) -
 
     class Forbidden:
         def __init__(self, *args: object, **kwargs: object) -> None:
-            raise AssertionError("tenacity's loop was built for a call that succeeded at once")
+            raise AssertionError("the retry loop's state was built for a call that succeeded at once")
 
     budget = RetryBudget(ratio=0.5, max_tokens=5, initial_tokens=1)
     policy = RetryPolicy(max_attempts=3, rng=random.Random(1), budget=budget)
@@ -344,7 +344,7 @@ def test_a_first_attempt_that_succeeds_never_enters_tenacity(monkeypatch: Any) -
     async def fine() -> str:
         return "ok"
 
-    monkeypatch.setattr(retry_module, "AsyncRetrying", Forbidden)
+    monkeypatch.setattr(retry_module, "RetryCallState", Forbidden)
     assert anyio.run(policy.run, fine) == "ok"
     assert (policy.calls, policy.attempts, policy.retries) == (1, 1, 0)
     assert budget.tokens == 1.5 and budget.deposits == 1

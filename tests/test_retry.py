@@ -341,3 +341,78 @@ def test_refill_per_second_trickles_in_on_the_clock(backend: str) -> None:
         return results
 
     assert run_virtual(main, backend=backend) == [False, False, True, True, True, True, False]
+
+
+# ------------------------------------------------------------------ tenacity's order
+@pytest.mark.parametrize("jitter", ["full", "decorrelated", "none"])
+@pytest.mark.parametrize("outcomes", [(False,) * 6, (False, False, True), (False, True), (True,)])
+def test_the_written_out_loop_asks_tenacitys_strategies_as_asyncretrying_does(
+    jitter: str, outcomes: tuple[bool, ...]
+) -> None:
+    """Same sleeps, attempts, budget and verdict as tenacity's own AsyncRetrying with the same strategies."""
+    from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type
+
+    from payflow_lab.resilience.retry import _StopRule
+
+    def endpoint(log: list[float]):  # fails or answers as ``outcomes`` says, then fails for ever
+        async def call() -> str:
+            log.append(anyio.current_time())
+            if len(log) <= len(outcomes) and outcomes[len(log) - 1]:
+                return "delivered"
+            raise EndpointDown(f"call {len(log)}")
+
+        return call
+
+    def policy() -> RetryPolicy:
+        budget = RetryBudget(ratio=0.5, initial_tokens=3, max_tokens=5)
+        return RetryPolicy(
+            max_attempts=3,
+            base_delay=0.5,
+            max_delay=4.0,
+            jitter=jitter,
+            rng=random.Random(11),
+            budget=budget,
+            retry_on=EndpointDown,
+        )
+
+    async def ours() -> tuple[object, ...]:
+        mine, seen = policy(), []
+        for _ in range(2):  # twice on one policy: the second call's waits show every draw the first one made
+            log: list[float] = []
+            try:
+                verdict: object = await mine.run(endpoint(log))
+            except RetryExhausted as exc:
+                verdict = (exc.reason, exc.attempts)
+            seen += [verdict, log]
+        assert mine.budget is not None
+        return (*seen, mine.budget.tokens)
+
+    async def tenacitys() -> tuple[object, ...]:
+        reference, seen = policy(), []
+        stop = _StopRule(reference)
+
+        def give_up(state: RetryCallState) -> object:
+            return (stop.reason, state.attempt_number)
+
+        for _ in range(2):
+            log: list[float] = []
+            call = endpoint(log)
+
+            async def paid_for(call=call) -> str:  # RetryPolicy deposits each success in the budget; so does this
+                result = await call()
+                assert reference.budget is not None
+                reference.budget.deposit()
+                return result
+
+            retrying = AsyncRetrying(
+                sleep=anyio.sleep,
+                stop=stop,
+                wait=reference.wait,
+                retry=retry_if_exception_type(EndpointDown),
+                retry_error_callback=give_up,
+            )
+            seen += [await retrying(paid_for), log]
+        assert reference.budget is not None
+        return (*seen, reference.budget.tokens)
+
+    assert run_virtual(ours) == run_virtual(tenacitys)

@@ -92,14 +92,36 @@ def simulated_rate(
     return best, attempted
 
 
+#: The most the default memory measurement may cost: memory-on time over memory-off time (issue 20).
+MEMORY_COST_TARGET = 1.3
+#: The most Phase 5 may cost over Phase 4 on the same traffic (issue 20).
+PHASE5_OVER_PHASE4_TARGET = 1.5
+
+
+def _target(name: str, key: str, value: float, target: float, **extra: Any) -> Row:
+    return {
+        "name": name,
+        "key": key,
+        "value": round(value, 2),
+        "unit": "x",
+        "target": target,
+        "met": value <= target,
+        **extra,
+    }
+
+
 def bench_simulation(quick: bool) -> list[Row]:
+    """Each phase's speed with memory off, measured the default way, and traced; and the ratios the targets are on."""
+    from payflow_lab.core.recorder import DEFAULT_MEMORY
     from payflow_lab.phases import available_phases
 
     rows: list[Row] = []
     repeats = 1 if quick else 3
+    rates: dict[tuple[int, str], float] = {}
     for phase in available_phases():
-        for memory in ("off", "tracemalloc"):
+        for memory in dict.fromkeys(("off", DEFAULT_MEMORY, "tracemalloc")):
             rate, n = simulated_rate(phase, memory=memory, repeats=repeats)
+            rates[phase, memory] = rate
             rows.append(
                 {
                     "name": f"phase {phase}: simulated payments per real second (normal day, scale 1, memory {memory})",
@@ -109,6 +131,49 @@ def bench_simulation(quick: bool) -> list[Row]:
                     "payments": n,
                 }
             )
+    phases = sorted({phase for phase, _ in rates})
+    cost = {phase: rates[phase, "off"] / rates[phase, DEFAULT_MEMORY] for phase in phases}
+    worst = max(cost, key=cost.__getitem__)
+    rows.append(
+        _target(
+            f"the default memory measurement ({DEFAULT_MEMORY}) over memory off, worst phase "
+            f"(phase {worst}; target <= {MEMORY_COST_TARGET:g})",
+            "simulation.memory_default_over_off",
+            cost[worst],
+            MEMORY_COST_TARGET,
+            by_phase={str(p): round(c, 2) for p, c in cost.items()},
+        )
+    )
+    traced = {phase: rates[phase, "off"] / rates[phase, "tracemalloc"] for phase in phases}
+    rows.append(
+        {
+            "name": "tracemalloc over memory off, worst phase (what the lessons that weigh objects pay)",
+            "key": "simulation.tracemalloc_over_off",
+            "value": round(max(traced.values()), 2),
+            "unit": "x",
+            "by_phase": {str(p): round(c, 2) for p, c in traced.items()},
+        }
+    )
+    if 4 in phases and 5 in phases:
+        rows.append(
+            _target(
+                f"phase 5 over phase 4, the same normal day at scale 1 (target <= {PHASE5_OVER_PHASE4_TARGET:g})",
+                "simulation.phase5_over_phase4",
+                rates[4, "off"] / rates[5, "off"],
+                PHASE5_OVER_PHASE4_TARGET,
+            )
+        )
+        # Black Friday: Phase 5 also does more of the simulated work there (retries, second tries, deferrals).
+        bf = {phase: simulated_rate(phase, scenario="blackfriday", scale=0.1, repeats=repeats)[0] for phase in (4, 5)}
+        rows.append(
+            {
+                "name": "phase 5 over phase 4 on Black Friday at scale 0.1 (Phase 5 makes twice the webhook "
+                "calls there: retries, second tries, deferrals)",
+                "key": "simulation.phase5_over_phase4_blackfriday",
+                "value": round(bf[4] / bf[5], 2),
+                "unit": "x",
+            }
+        )
     return rows
 
 

@@ -166,6 +166,7 @@ def _world_options(parser: argparse.ArgumentParser, seed: object, scale: object)
 
 def build_parser() -> argparse.ArgumentParser:
     from payflow_lab import __version__
+    from payflow_lab.core.recorder import DEFAULT_MEMORY, MemoryProbe
     from payflow_lab.core.scenarios import SCENARIOS
     from payflow_lab.core.vtime import BACKENDS
     from payflow_lab.phases import PHASES
@@ -226,13 +227,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     run.add_argument(
         "--memory",
-        choices=["tracemalloc", "rss", "off"],
-        default="tracemalloc",
+        choices=list(MemoryProbe.DESCRIPTIONS),
+        default=DEFAULT_MEMORY,
         help=_choices_help(
-            "how to measure memory (default tracemalloc):",
+            f"how to measure memory (default {DEFAULT_MEMORY}):",
             {
+                "rss": "the process's resident memory, as the OS sees it, once per simulated second (coarse, cheap)",
                 "tracemalloc": "the Python heap, byte for byte (a run takes about 3x longer)",
-                "rss": "the process's resident memory, as the OS sees it (coarse, cheap)",
                 "off": "no memory figures (the fastest)",
             },
         ),

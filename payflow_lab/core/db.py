@@ -10,8 +10,7 @@ analytics and audit rows while still holding the request's connection.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
+from collections.abc import Callable
 
 import anyio
 
@@ -70,15 +69,16 @@ class ConnectionPool:
         """Connections currently checked out."""
         return int(self._limiter.borrowed_tokens)
 
-    @asynccontextmanager
-    async def connection(self, timeout: float | None | type[_Default] = _Default) -> AsyncIterator[_Connection]:
-        """Check out a connection for the body of the ``async with``.
+    def connection(self, timeout: float | None | type[_Default] = _Default) -> _Checkout:
+        """Check out a connection for the body of an ``async with``.
 
         Waits at most ``timeout`` seconds (default: the pool's
         ``checkout_timeout``; ``None`` waits for ever) and then raises
         :class:`PoolTimeout`.
         """
-        wait = self.checkout_timeout if isinstance(timeout, type) else timeout  # _Default: the pool's own
+        return _Checkout(self, self.checkout_timeout if isinstance(timeout, type) else timeout)  # _Default: our own
+
+    async def _check_out(self, wait: float | None) -> _Connection:
         self._serial += 1
         conn = _Connection(self._serial)
         limiter = self._limiter
@@ -91,8 +91,11 @@ class ConnectionPool:
                     self._on_exhausted()
             self.waiting += 1
             try:
-                with anyio.fail_after(wait):
+                if wait is None:  # no cancel scope at all: Phase 1 has thousands of requests waiting here
                     await limiter.acquire_on_behalf_of(conn)
+                else:
+                    with anyio.fail_after(wait):
+                        await limiter.acquire_on_behalf_of(conn)
             except TimeoutError:
                 self.timeouts += 1
                 raise PoolTimeout(f"no database connection free within {wait:g} s") from None
@@ -102,7 +105,26 @@ class ConnectionPool:
         in_use = self.in_use
         if in_use > self.peak_in_use:
             self.peak_in_use = in_use
-        try:
-            yield conn
-        finally:
-            limiter.release_on_behalf_of(conn)
+        return conn
+
+
+class _Checkout:
+    """``async with pool.connection():`` the connection is given back however the body ends.
+
+    A small class rather than ``@asynccontextmanager``: Phase 1 keeps thousands of
+    requests waiting for a connection, and an async generator for each costs memory
+    while it waits, and a pass over all of them when the event loop shuts down.
+    """
+
+    __slots__ = ("_pool", "_wait", "_conn")
+
+    def __init__(self, pool: ConnectionPool, wait: float | None) -> None:
+        self._pool = pool
+        self._wait = wait
+
+    async def __aenter__(self) -> _Connection:
+        self._conn = await self._pool._check_out(self._wait)
+        return self._conn
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        self._pool._limiter.release_on_behalf_of(self._conn)

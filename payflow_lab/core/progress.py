@@ -4,8 +4,11 @@ stdout carries the result (the narration, the tables, or exactly one JSON
 object under ``--json``); progress never goes there. On a terminal, stderr
 shows a rich progress bar over the command's steps, the current step's status
 and, for a simulation, its story clock. When stderr is not a terminal (a log
-file, CI, a pipe) there is one plain line per step and nothing else, so a log
-still says how far a slow run got.
+file, CI, a pipe) there is one plain line per step, an indented line per
+status :func:`note`, and, while a simulation step runs longer than
+``heartbeat`` seconds (10 by default), an indented line with its story clock
+every ``heartbeat`` seconds: a log says how far a slow run got, and a short run
+adds nothing.
 
 :class:`Steps` is for commands made of several steps; :func:`run_progress`
 for a single simulation; :func:`note` lets code deep inside a step (a
@@ -55,9 +58,18 @@ class Steps:
     moves a second bar along the simulation's story clock (terminal only).
     """
 
-    def __init__(self, title: str, total: int, *, stream: IO[str] | None = None, terminal: bool | None = None) -> None:
+    def __init__(
+        self,
+        title: str,
+        total: int,
+        *,
+        stream: IO[str] | None = None,
+        terminal: bool | None = None,
+        heartbeat: float = 10.0,
+    ) -> None:
         self.title = title
         self.total = total
+        self.heartbeat = heartbeat
         self.stream = stream if stream is not None else sys.stderr
         self.terminal = _is_terminal(self.stream) if terminal is None else terminal
         self.done = 0
@@ -101,9 +113,11 @@ class Steps:
             self._token = None
 
     def status(self, text: str) -> None:
-        """The current step's status (terminal only: plain logs get one line per step)."""
+        """The current step's status: on a terminal, beside the bar; in a plain log, an indented line."""
         if self._progress is not None:
             self._progress.update(self._overall, status=text)
+        else:
+            print(f"  {text}", file=self.stream, flush=True)
 
     @contextmanager
     def step(self, description: str) -> Iterator[Callable[[Any], None]]:
@@ -111,7 +125,7 @@ class Steps:
         number = self.done + 1
         if self._progress is None:
             print(f"{self.title}: [{number}/{self.total}] {description}", file=self.stream, flush=True)
-            yield _ignore
+            yield self._plain_clock(description)
             self.done = number
             return
         self._progress.update(self._overall, description=f"{self.title}: {description}", status="")
@@ -138,6 +152,23 @@ class Steps:
                 self._progress.remove_task(clock["task"])
         self.done = number
         self._progress.update(self._overall, completed=number, status="")
+
+    def _plain_clock(self, description: str) -> Callable[[Any], None]:
+        """A runner ``on_tick`` for plain logs: the story clock, once every ``heartbeat`` real seconds."""
+        last = [time.perf_counter()]
+
+        def on_tick(simulation: Any) -> None:
+            now = time.perf_counter()
+            if now - last[0] < self.heartbeat:
+                return
+            last[0] = now
+            from payflow_lab.core.recorder import hhmmss
+
+            clock = simulation.world.clock()
+            done = (clock - simulation.scenario.start) / simulation.config.sim_duration
+            print(f"  {description}: story clock {hhmmss(clock)} ({done:.0%} of the run)", file=self.stream, flush=True)
+
+        return on_tick
 
 
 def _ignore(simulation: Any) -> None:

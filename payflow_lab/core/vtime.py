@@ -42,7 +42,15 @@ from typing import Any, TypeVar
 
 import anyio
 
-__all__ = ["BACKENDS", "VirtualTimeLoop", "in_virtual_time", "in_worker_thread", "loop_running_here", "run_virtual"]
+__all__ = [
+    "BACKENDS",
+    "VirtualTimeLoop",
+    "clock_of_running_loop",
+    "in_virtual_time",
+    "in_worker_thread",
+    "loop_running_here",
+    "run_virtual",
+]
 
 T = TypeVar("T")
 
@@ -56,7 +64,7 @@ class _VirtualSelector(selectors.BaseSelector):
     def __init__(self, loop_clock: _Clock) -> None:
         self._real = selectors.DefaultSelector()
         self._clock = loop_clock
-        self._skipped = 0
+        self._turns = 0
 
     def register(self, fileobj: Any, events: int, data: Any = None) -> selectors.SelectorKey:
         return self._real.register(fileobj, events, data)
@@ -68,25 +76,25 @@ class _VirtualSelector(selectors.BaseSelector):
         return self._real.modify(fileobj, events, data)
 
     def select(self, timeout: float | None = None) -> list[tuple[selectors.SelectorKey, int]]:
-        if timeout == 0:
-            # Callbacks are ready at this instant. Real file descriptors (a thread's wake-up) take no
-            # virtual time, so looking at them now and then is enough; every look is a system call.
-            self._skipped += 1
-            if self._skipped < 64:
-                return []
-        self._skipped = 0
-        ready = self._real.select(0)
-        if ready or timeout == 0:
-            return ready
         if timeout is None:
             # Nothing scheduled at all: only another thread can wake us, so wait for real.
             return self._real.select(None)
-        clock = self._clock
-        due = clock.next_due()
-        if due is not None and 0.0 < due - clock.now <= timeout + 1e-6:
-            clock.now = due  # exactly the timer's time: "now + (due - now)" can miss it by a rounding step
-        else:
-            clock.now += timeout  # asyncio caps one wait at a day
+        # Real file descriptors (another thread's wake-up) take no virtual time, so looking at them
+        # on every 64th turn is enough: every look is a system call, and a run takes hundreds of
+        # thousands of turns. (Virtual time never waits on a thread: see the module docstring.)
+        self._turns += 1
+        if self._turns >= 64:
+            self._turns = 0
+            ready = self._real.select(0)
+            if ready:
+                return ready
+        if timeout > 0:
+            clock = self._clock
+            due = clock.next_due()
+            if due is not None and 0.0 < due - clock.now <= timeout + 1e-6:
+                clock.now = due  # exactly the timer's time: "now + (due - now)" can miss it by a rounding step
+            else:
+                clock.now += timeout  # asyncio caps one wait at a day
         return []
 
     def get_key(self, fileobj: Any) -> selectors.SelectorKey:
@@ -124,11 +132,12 @@ class _OrderedTimerHandle(asyncio.TimerHandle):
         super().__init__(when, callback, args, loop, context)
         self._serial = serial
 
-    def __lt__(self, other: object) -> bool:
-        if isinstance(other, _OrderedTimerHandle):
-            # _when is what asyncio's own TimerHandle compares (typeshed does not declare it); when() costs a call
-            return (self._when, self._serial) < (other._when, other._serial)  # type: ignore[attr-defined]
-        return super().__lt__(other)  # type: ignore[operator]
+    def __lt__(self, other: _OrderedTimerHandle) -> bool:  # type: ignore[override]
+        # Every timer on the loop is one of these (call_at below makes them all). heapq calls this for
+        # every comparison, over a million times a run: plain attribute reads, no tuples, no isinstance.
+        # _when is what asyncio's own TimerHandle compares (typeshed does not declare it).
+        when, other_when = self._when, other._when  # type: ignore[attr-defined]
+        return when < other_when or (when == other_when and self._serial < other._serial)
 
 
 class VirtualTimeLoop(asyncio.SelectorEventLoop):
@@ -254,6 +263,23 @@ def run_virtual(fn: Callable[..., Awaitable[T]], *args: Any, backend: str = "asy
         _first_in_first_out_trio()
         return anyio.run(fn, *args, backend="trio", backend_options={"clock": _trio_clock()})
     raise ValueError(f"backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
+
+
+def clock_of_running_loop() -> Callable[[], float]:
+    """The running event loop's clock, as a function: ``anyio.current_time`` looked up once.
+
+    ``anyio.current_time()`` asks which backend is running (sniffio) on every
+    call; a simulation reads the clock hundreds of thousands of times, always
+    on the same loop, so it asks once. Call it from inside the loop.
+    """
+    try:
+        return asyncio.get_running_loop().time
+    except RuntimeError:
+        pass
+    import trio
+
+    trio.lowlevel.current_task()  # raises RuntimeError outside a trio run, as asyncio's lookup does
+    return trio.current_time
 
 
 def loop_running_here() -> bool:

@@ -32,6 +32,7 @@ from typing import Any
 
 from payflow_lab.core.calibration import WEBHOOK_TIMEOUT_S
 from payflow_lab.core.domain import Payment
+from payflow_lab.core.recorder import DEFAULT_MEMORY
 from payflow_lab.core.scenarios import Scenario
 from payflow_lab.core.vtime import in_virtual_time, in_worker_thread, loop_running_here, run_virtual
 from payflow_lab.core.world import World
@@ -135,7 +136,7 @@ def run_durable(scenario: str | Scenario = "normal", *, seed: int = DEFAULT_SEED
                 duration: float | None = None, faults: Mapping[str, Any] | None = None,
                 outbox: Outbox | None = None, ledger: ReceiverLedger | None = None,
                 drain_seconds: float = 30.0, shutdown_deadline: float = 2 * WEBHOOK_TIMEOUT_S,
-                backend: str = DEFAULT_BACKEND, memory: str = "tracemalloc") -> RunResult:
+                backend: str = DEFAULT_BACKEND, memory: str = DEFAULT_MEMORY) -> RunResult:
     """Run the durable pipeline through ``scenario`` in virtual time (arguments as :func:`payflow_lab.run`).
 
     ``outbox`` (built on the run's clock if not given) and ``ledger`` may be

@@ -36,7 +36,7 @@ from typing import Any
 import ipywidgets as widgets
 
 from payflow_lab.core.errors import ValidationError
-from payflow_lab.core.recorder import hhmmss
+from payflow_lab.core.recorder import DEFAULT_MEMORY, hhmmss
 from payflow_lab.core.validation import number
 from payflow_lab.lab.dashboard import Dashboard
 from payflow_lab.lab.panel import ControlPanel, _describe
@@ -100,7 +100,7 @@ class LiveSession:
         faults: Mapping[str, Any] | None = None,
         panels: Mapping[str, Sequence[str]] | None = None,
         window_minutes: float = 10.0,
-        memory: str = "tracemalloc",
+        memory: str = DEFAULT_MEMORY,
         backend: str = DEFAULT_BACKEND,
         interval: float = 0.1,
         autopoll: bool = True,

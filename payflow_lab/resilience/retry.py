@@ -24,9 +24,15 @@ exceptions in ``retry_on`` (never for cancellation). With a
 paid for; when the budget is empty the call gives up at once. Either way the
 caller gets :class:`RetryExhausted`, whose ``reason`` says which limit ended it.
 
-Built on tenacity's :class:`~tenacity.AsyncRetrying`, which runs on asyncio
-and trio alike; it is told to sleep with :func:`anyio.sleep`, so its sleeps are
-virtual under :func:`payflow_lab.core.vtime.run_virtual`. tenacity's own random
+The schedule is tenacity's: the waits and the stop rule are tenacity
+strategies (any ``tenacity.wait`` works as :attr:`RetryPolicy.wait`), asked in
+the order :class:`~tenacity.AsyncRetrying` asks them (the wait is drawn, then
+the stop rule decides). The loop that asks them is written out here, with
+:func:`anyio.sleep` between attempts, so its sleeps are virtual under
+:func:`payflow_lab.core.vtime.run_virtual`: ``AsyncRetrying`` rebuilds its
+chain of callbacks and inspects each of them on every attempt, and in Phase 5
+on Black Friday that bookkeeping cost more than the simulated calls it
+retried (issue 20, ``docs/performance.md``). tenacity's own random
 waits (``wait_random_exponential``, ``wait_random``) draw from the global
 :mod:`random` module, which would make runs irreproducible, so the jittered
 waits here are tenacity wait strategies that draw from an injected
@@ -42,7 +48,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
 import anyio
-from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type
+from tenacity import RetryCallState
 from tenacity.stop import stop_base
 from tenacity.wait import wait_base, wait_exponential
 
@@ -206,50 +212,37 @@ class RetryPolicy:
         if jitter_rng is not None and isinstance(wait, (FullJitter, DecorrelatedJitter)):
             wait = wait.using(_check_rng(jitter_rng))
         stop = _StopRule(self)
-        budget = self.budget
         self.calls += 1
-        # Fast path: the first attempt runs outside tenacity, whose set-up per call costs more than a
-        # typical successful call. Only a failure worth retrying enters tenacity's loop, where it is
-        # handed over as attempt 1: same attempts, budget, waits and random draws as without it.
         self.attempts += 1
         try:
             result = await fn(*args, **kwargs)
         except self.retry_on as exc:
-            first_failure: list[BaseException] = [exc]
+            error: BaseException = exc
         else:
-            if budget is not None:
-                budget.deposit()
-            return result
-
-        async def attempt() -> T:
-            if first_failure:
-                raise first_failure.pop()
-            self.attempts += 1
-            result = await fn(*args, **kwargs)
-            if budget is not None:
-                budget.deposit()
-            return result
-
-        def give_up(state: RetryCallState) -> Any:
-            self.exhausted[stop.reason] += 1
-            assert state.outcome is not None
-            error = state.outcome.exception()
-            assert error is not None
-            raise RetryExhausted(stop.reason, state.attempt_number, error) from error
-
-        def before_sleep(state: RetryCallState) -> None:
+            return self._succeeded(result)
+        # The call failed with an error worth retrying. tenacity's strategies decide what happens next, in
+        # tenacity's order: draw the wait, then ask the stop rule (which pays for the retry from the budget).
+        state = RetryCallState(None, fn, args, kwargs)  # type: ignore[arg-type]  # no Retrying runs this loop
+        while True:
+            state.upcoming_sleep = wait(state)
+            if stop(state):
+                self.exhausted[stop.reason] += 1
+                raise RetryExhausted(stop.reason, state.attempt_number, error) from error
             self.retries += 1
             if self.on_retry is not None:
-                assert state.outcome is not None
-                self.on_retry(state.attempt_number, state.outcome.exception(), state.upcoming_sleep)  # type: ignore[arg-type]
+                self.on_retry(state.attempt_number, error, state.upcoming_sleep)
+            await anyio.sleep(state.upcoming_sleep)
+            state.attempt_number += 1
+            self.attempts += 1
+            try:
+                result = await fn(*args, **kwargs)
+            except self.retry_on as exc:
+                error = exc
+            else:
+                return self._succeeded(result)
 
-        # A fresh AsyncRetrying per call: tenacity keeps per-iteration state on the object.
-        retrying = AsyncRetrying(
-            sleep=anyio.sleep,
-            stop=stop,
-            wait=wait,
-            retry=retry_if_exception_type(self.retry_on),
-            before_sleep=before_sleep,
-            retry_error_callback=give_up,
-        )
-        return await retrying(attempt)
+    def _succeeded(self, result: T) -> T:
+        """A call went through: it earns its share of the retry budget."""
+        if self.budget is not None:
+            self.budget.deposit()
+        return result

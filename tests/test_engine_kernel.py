@@ -1,0 +1,138 @@
+"""The kernel's speed measures hold what they promise: the collector comes back, the clock is the loop's,
+the virtual loop still hears other threads, and timers due together still run in creation order."""
+
+from __future__ import annotations
+
+import gc
+import threading
+
+import anyio
+import pytest
+
+import payflow_lab as pf
+from payflow_lab.core.gcpolicy import RUN_THRESHOLD, fewer_collections
+from payflow_lab.core.recorder import DEFAULT_MEMORY
+from payflow_lab.core.vtime import BACKENDS, VirtualTimeLoop, clock_of_running_loop, run_virtual
+
+
+@pytest.fixture
+def default_thresholds():
+    saved = gc.get_threshold()
+    gc.set_threshold(700, 10, 10)
+    yield
+    gc.set_threshold(*saved)
+
+
+def test_fewer_collections_raises_the_first_threshold_and_restores_it(default_thresholds: None) -> None:
+    with fewer_collections():
+        assert gc.get_threshold() == (RUN_THRESHOLD, 10, 10)
+    assert gc.get_threshold() == (700, 10, 10)
+
+
+def test_overlapping_runs_share_the_setting_until_the_last_one_ends(default_thresholds: None) -> None:
+    first, second = fewer_collections(), fewer_collections()
+    first.__enter__()
+    second.__enter__()
+    first.__exit__(None, None, None)  # the live run is still on: a quick cell ending must not lower it
+    assert gc.get_threshold()[0] == RUN_THRESHOLD
+    second.__exit__(None, None, None)
+    assert gc.get_threshold() == (700, 10, 10)
+
+
+def test_a_disabled_collector_stays_disabled(default_thresholds: None) -> None:
+    gc.set_threshold(0, 10, 10)
+    with fewer_collections():
+        assert gc.get_threshold()[0] == 0
+    assert gc.get_threshold()[0] == 0
+
+
+def test_a_run_restores_the_threshold_even_when_it_fails(default_thresholds: None) -> None:
+    def boom(simulation: object) -> None:
+        assert gc.get_threshold()[0] == RUN_THRESHOLD  # on while the run is
+        raise RuntimeError("a tick callback that fails")
+
+    with pytest.raises(RuntimeError, match="fails"):
+        pf.run_config(pf.RunConfig(phase=1, scale=0.02, duration=30, memory="off"), on_tick=boom)
+    assert gc.get_threshold() == (700, 10, 10)
+
+
+@pytest.mark.parametrize(
+    ("memory", "threshold"), [("off", RUN_THRESHOLD), ("rss", RUN_THRESHOLD), ("tracemalloc", 700)]
+)
+def test_a_traced_heap_keeps_the_usual_collections(default_thresholds: None, memory: str, threshold: int) -> None:
+    """Garbage waiting for a rarer collection would be counted by tracemalloc: traced runs keep the default."""
+    seen = set()
+    pf.run_config(
+        pf.RunConfig(phase=1, scale=0.02, duration=30, memory=memory), on_tick=lambda _: seen.add(gc.get_threshold()[0])
+    )
+    assert seen == {threshold}
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_the_loops_clock_is_anyios_clock(backend: str) -> None:
+    async def main() -> list[tuple[float, float]]:
+        now = clock_of_running_loop()
+        seen = []
+        for pause in (0.0, 1.5, 3600.0):
+            await anyio.sleep(pause)
+            seen.append((now(), anyio.current_time()))
+        return seen
+
+    seen = run_virtual(main, backend=backend)
+    assert [a for a, _ in seen] == [b for _, b in seen]
+    assert seen[-1][0] - seen[0][0] == pytest.approx(3601.5)
+
+
+def test_the_loops_clock_needs_a_running_loop() -> None:
+    with pytest.raises(RuntimeError):
+        clock_of_running_loop()
+
+
+def test_another_thread_still_wakes_the_virtual_loop() -> None:
+    """The loop looks at real file descriptors only every 64th turn: a thread's call_soon_threadsafe still gets in."""
+    import time
+
+    loop = VirtualTimeLoop()
+
+    async def main() -> float:
+        first = loop.create_future()
+        threading.Thread(target=lambda: loop.call_soon_threadsafe(first.set_result, None), daemon=True).start()
+        await first  # no timer at all meanwhile: the loop waits for real
+        second = loop.create_future()
+        threading.Timer(0.05, lambda: loop.call_soon_threadsafe(second.set_result, None)).start()
+        started = time.monotonic()
+        while not second.done():  # busy in virtual time, a simulated second per turn
+            await anyio.sleep(1.0)
+            assert time.monotonic() - started < 30, "the second wake-up was never heard"
+        return anyio.current_time()
+
+    try:
+        virtual_seconds = loop.run_until_complete(main())
+    finally:
+        loop.close()
+    assert virtual_seconds > 0
+
+
+def test_timers_due_together_still_run_in_creation_order() -> None:
+    async def main() -> list[int]:
+        order: list[int] = []
+
+        async def at(when: float, label: int) -> None:
+            await anyio.sleep(when)
+            order.append(label)
+
+        async with anyio.create_task_group() as group:
+            for label, when in enumerate([2.0, 1.0, 2.0, 1.0, 2.0, 0.5, 1.0]):
+                group.start_soon(at, when, label)
+        return order
+
+    assert run_virtual(main) == [5, 1, 3, 6, 0, 2, 4]
+
+
+def test_runs_measure_resident_memory_by_default() -> None:
+    assert DEFAULT_MEMORY == "rss"
+    assert pf.RunConfig().memory == "rss"
+    result = pf.run("normal", phase=4, scale=0.02, duration=120)
+    memory = result["memory"]
+    assert memory["how"].startswith("rss")
+    assert memory["peak_bytes"] >= memory["start_bytes"] > 10 * 2**20  # a Python process is tens of MiB resident
