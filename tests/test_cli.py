@@ -208,3 +208,14 @@ def test_a_long_run_shows_a_progress_bar_on_a_terminal():
     assert done.returncode == 0
     json.loads(done.stdout)  # stdout stays pure JSON
     assert "blackfriday, phase 5" in err and "━" in err
+
+
+def test_a_benchmark_whose_bench_only_dependency_is_missing_is_skipped_with_the_reason(monkeypatch, tmp_path):
+    from payflow_lab.app import bench
+
+    (tmp_path / "needs_a_missing_package.py").write_text("import not_a_real_package_xyz\n", encoding="utf-8")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setitem(bench.BENCHMARKS, "missing", "needs_a_missing_package:bench")
+    report = bench.run_benchmarks(quick=True, only=["missing"])
+    assert report["results"] == {}
+    assert "not_a_real_package_xyz" in report["skipped"]["missing"]

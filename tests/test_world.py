@@ -6,6 +6,7 @@ import math
 import statistics
 
 import anyio
+import anyio.lowlevel
 import pytest
 
 from payflow_lab.core import calibration as cal
@@ -209,6 +210,78 @@ class TestConnectionPool:
         stuck, in_use, now = run_virtual(main, backend="trio")
         assert stuck == 2  # both requests hold one and wait for another
         assert now == pytest.approx(3600.0)
+
+    @pytest.mark.parametrize("backend", ["asyncio", "trio"])
+    def test_a_request_that_gives_up_leaves_the_line_and_the_next_one_is_served(self, backend):
+        async def main():
+            pool = ConnectionPool(1)
+            served = []
+
+            async def impatient():
+                with pytest.raises(PoolTimeout):
+                    async with pool.connection(timeout=1.0):
+                        served.append("impatient")
+
+            async def patient():
+                await anyio.sleep(0.5)  # queued behind the impatient one
+                async with pool.connection():
+                    served.append(("patient", anyio.current_time()))
+
+            async with anyio.create_task_group() as tg:
+                async with pool.connection():
+                    tg.start_soon(impatient)
+                    tg.start_soon(patient)
+                    await anyio.sleep(3)
+                    assert (pool.waiting, pool.in_use) == (1, 1)  # the impatient one left the line
+            return served, pool.in_use, pool.waiting, pool.timeouts
+
+        served, in_use, waiting, timeouts = run_virtual(main, backend=backend)
+        assert served == [("patient", 3.0)]
+        assert (in_use, waiting, timeouts) == (0, 0, 1)
+
+    @pytest.mark.parametrize("backend", ["asyncio", "trio"])
+    def test_a_connection_handed_to_a_request_that_timed_out_that_instant_goes_to_the_next(self, backend):
+        async def main():
+            pool = ConnectionPool(1)
+            served = []
+
+            async def holder():
+                async with pool.connection():
+                    # due at 1.0 like the deadline below, and set before it: the deadline cancels the waiting
+                    # request, then the connection comes back, before that request has run again
+                    await anyio.sleep(1.0)
+
+            async def first_in_line():
+                with pytest.raises(PoolTimeout):
+                    async with pool.connection(timeout=1.0):
+                        served.append("timed out, yet served")
+
+            async def next_in_line():
+                async with pool.connection(timeout=10.0):  # a lost connection would time this out
+                    served.append(("next", anyio.current_time()))
+
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(holder)
+                await anyio.lowlevel.checkpoint()
+                tg.start_soon(first_in_line)
+                tg.start_soon(next_in_line)
+            return served, pool.in_use, pool.waiting, pool.timeouts
+
+        served, in_use, waiting, timeouts = run_virtual(main, backend=backend)
+        assert served == [("next", 1.0)]  # the connection handed to the request that gave up was passed on
+        assert (in_use, waiting, timeouts) == (0, 0, 1)
+
+    def test_a_request_already_cancelled_never_queues(self):
+        async def main():
+            pool = ConnectionPool(1)
+            async with pool.connection():
+                with anyio.CancelScope() as scope:
+                    scope.cancel()
+                    async with pool.connection():
+                        raise AssertionError("a cancelled request got a connection")
+                return pool.waiting, len(pool._line), pool.in_use
+
+        assert run_virtual(main) == (0, 0, 1)
 
     @pytest.mark.parametrize("size", [0, -1, 1.5, True])
     def test_bad_size(self, size):

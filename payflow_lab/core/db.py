@@ -1,18 +1,30 @@
 """The database connection pool: a fixed number of connections, handed out first come, first served.
 
-It is anyio's :class:`~anyio.CapacityLimiter` (FIFO, cancellation-safe) with
-a checkout timeout and the bookkeeping the lessons need: connections in use,
-requests waiting, how many checkouts timed out, and when the pool first ran
-dry. Each checkout borrows on behalf of a fresh token, so one task may hold
-two connections at once — exactly what the original code did when it wrote
-analytics and audit rows while still holding the request's connection.
+A checkout takes a free connection at once if nobody is queued ahead of it;
+otherwise it joins the queue and waits (at most its checkout timeout) until a
+returning connection is handed to it. Around that sit the bookkeeping the
+lessons need: connections in use, requests waiting, how many checkouts timed
+out, and when the pool first ran dry. One task may hold two connections at
+once — exactly what the original code did when it wrote analytics and audit
+rows while still holding the request's connection.
+
+The queue is written out rather than anyio's :class:`~anyio.CapacityLimiter`,
+which this pool used to be and still behaves like (first in, first out,
+cancellation-safe, the same wake-ups on asyncio and trio). The limiter waits
+inside an ``except WouldBlock:`` block, so each waiting request keeps an
+exception, its traceback and a finished frame alive for as long as it waits,
+and on Black Friday tens of thousands of requests wait here: the written-out
+queue is a dict entry and an :class:`anyio.Event` per waiting request (issue
+20; ``docs/performance.md`` has the figures).
 """
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from collections.abc import Callable
 
 import anyio
+import anyio.lowlevel
 
 from payflow_lab.core.errors import PoolTimeout
 
@@ -46,7 +58,9 @@ class ConnectionPool:
             raise ValueError(f"checkout_timeout must be positive, got {checkout_timeout!r}")
         self.size = size
         self.checkout_timeout = checkout_timeout
-        self._limiter = anyio.CapacityLimiter(size)
+        #: Connections currently checked out.
+        self.in_use = 0
+        self._line: OrderedDict[anyio.Event, None] = OrderedDict()  # the waiting requests, first in first
         self._serial = 0
         self._on_exhausted = on_exhausted
         self.exhausted_once = False
@@ -64,11 +78,6 @@ class ConnectionPool:
             "checkouts": self.checkouts,
         }
 
-    @property
-    def in_use(self) -> int:
-        """Connections currently checked out."""
-        return int(self._limiter.borrowed_tokens)
-
     def connection(self, timeout: float | None | type[_Default] = _Default) -> _Checkout:
         """Check out a connection for the body of an ``async with``.
 
@@ -81,31 +90,50 @@ class ConnectionPool:
     async def _check_out(self, wait: float | None) -> _Connection:
         self._serial += 1
         conn = _Connection(self._serial)
-        limiter = self._limiter
+        if self.in_use < self.size and not self._line:
+            self.in_use += 1  # a free connection and nobody queued ahead
+        else:
+            await self._wait_in_line(wait)
+        self.checkouts += 1
+        if self.in_use > self.peak_in_use:
+            self.peak_in_use = self.in_use
+        return conn
+
+    async def _wait_in_line(self, wait: float | None) -> None:
+        """Queue up until a returning connection is handed over (it stays counted in use), or give up."""
+        if not self.exhausted_once:
+            self.exhausted_once = True
+            if self._on_exhausted is not None:
+                self._on_exhausted()
+        self.waiting += 1
         try:
-            limiter.acquire_on_behalf_of_nowait(conn)  # a free connection and nobody queued ahead
-        except anyio.WouldBlock:
-            if not self.exhausted_once:
-                self.exhausted_once = True
-                if self._on_exhausted is not None:
-                    self._on_exhausted()
-            self.waiting += 1
+            await anyio.lowlevel.checkpoint_if_cancelled()  # a request already cancelled never queues
+            turn = anyio.Event()
+            self._line[turn] = None
             try:
                 if wait is None:  # no cancel scope at all: Phase 1 has thousands of requests waiting here
-                    await limiter.acquire_on_behalf_of(conn)
+                    await turn.wait()
                 else:
                     with anyio.fail_after(wait):
-                        await limiter.acquire_on_behalf_of(conn)
-            except TimeoutError:
-                self.timeouts += 1
-                raise PoolTimeout(f"no database connection free within {wait:g} s") from None
-            finally:
-                self.waiting -= 1
-        self.checkouts += 1
-        in_use = self.in_use
-        if in_use > self.peak_in_use:
-            self.peak_in_use = in_use
-        return conn
+                        await turn.wait()
+            except BaseException:
+                if turn.is_set():
+                    self._give_back()  # handed a connection as it gave up: pass it on to the next in line
+                else:
+                    del self._line[turn]
+                raise
+        except TimeoutError:
+            self.timeouts += 1
+            raise PoolTimeout(f"no database connection free within {wait:g} s") from None
+        finally:
+            self.waiting -= 1
+
+    def _give_back(self) -> None:
+        if self._line:
+            turn, _ = self._line.popitem(last=False)
+            turn.set()  # straight to the first in line: still in use
+        else:
+            self.in_use -= 1
 
 
 class _Checkout:
@@ -116,15 +144,14 @@ class _Checkout:
     while it waits, and a pass over all of them when the event loop shuts down.
     """
 
-    __slots__ = ("_pool", "_wait", "_conn")
+    __slots__ = ("_pool", "_wait")
 
     def __init__(self, pool: ConnectionPool, wait: float | None) -> None:
         self._pool = pool
         self._wait = wait
 
     async def __aenter__(self) -> _Connection:
-        self._conn = await self._pool._check_out(self._wait)
-        return self._conn
+        return await self._pool._check_out(self._wait)
 
     async def __aexit__(self, *exc_info: object) -> None:
-        self._pool._limiter.release_on_behalf_of(self._conn)
+        self._pool._give_back()
