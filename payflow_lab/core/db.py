@@ -87,17 +87,19 @@ class ConnectionPool:
         """
         return _Checkout(self, self.checkout_timeout if isinstance(timeout, type) else timeout)  # _Default: our own
 
-    async def _check_out(self, wait: float | None) -> _Connection:
-        self._serial += 1
-        conn = _Connection(self._serial)
+    def _take_free(self) -> bool:
+        """Take a free connection if there is one and nobody is queued ahead."""
         if self.in_use < self.size and not self._line:
-            self.in_use += 1  # a free connection and nobody queued ahead
-        else:
-            await self._wait_in_line(wait)
+            self.in_use += 1
+            return True
+        return False
+
+    def _checked_out(self) -> _Connection:
+        self._serial += 1
         self.checkouts += 1
         if self.in_use > self.peak_in_use:
             self.peak_in_use = self.in_use
-        return conn
+        return _Connection(self._serial)
 
     async def _wait_in_line(self, wait: float | None) -> None:
         """Queue up until a returning connection is handed over (it stays counted in use), or give up."""
@@ -151,7 +153,10 @@ class _Checkout:
         self._wait = wait
 
     async def __aenter__(self) -> _Connection:
-        return await self._pool._check_out(self._wait)
+        pool = self._pool
+        if not pool._take_free():
+            await pool._wait_in_line(self._wait)
+        return pool._checked_out()
 
     async def __aexit__(self, *exc_info: object) -> None:
         self._pool._give_back()
