@@ -42,7 +42,13 @@ from payflow_lab.core.recorder import DEFAULT_MEMORY, MemoryProbe, Recorder, hhm
 from payflow_lab.core.scenarios import Scenario, get_scenario
 from payflow_lab.core.traffic import arrivals
 from payflow_lab.core.validation import number
-from payflow_lab.core.vtime import BACKENDS, clock_of_running_loop, in_virtual_time, run_virtual
+from payflow_lab.core.vtime import (
+    BACKENDS,
+    clock_of_running_loop,
+    in_virtual_time,
+    run_virtual,
+    sleep_of_running_loop,
+)
 from payflow_lab.core.world import SCALE_LIMITS, World, merchant_count
 from payflow_lab.phases import Pipeline, get_phase
 from payflow_lab.phases.observation import Observation
@@ -268,7 +274,9 @@ class Simulation:
                 return offset + now()
 
             recorder = Recorder(clock, probe)
-            world = World(seed=config.seed, scale=config.scale, clock=clock, recorder=recorder)
+            world = World(
+                seed=config.seed, scale=config.scale, clock=clock, recorder=recorder, sleep=sleep_of_running_loop()
+            )
             world.faults.apply(scenario.initial)
             world.faults.apply(config.faults)
             pipeline = self.pipeline_cls(world)

@@ -7,12 +7,13 @@ import gc
 import threading
 
 import anyio
+import anyio.lowlevel
 import pytest
 
 import payflow_lab as pf
-from payflow_lab.core.gcpolicy import RUN_THRESHOLD, fewer_collections
+from payflow_lab.core.gcpolicy import RUN_MIDDLE_THRESHOLD, RUN_THRESHOLD, fewer_collections
 from payflow_lab.core.recorder import DEFAULT_MEMORY
-from payflow_lab.core.vtime import BACKENDS, VirtualTimeLoop, clock_of_running_loop, run_virtual
+from payflow_lab.core.vtime import BACKENDS, VirtualTimeLoop, clock_of_running_loop, run_virtual, sleep_of_running_loop
 
 
 @pytest.fixture
@@ -23,10 +24,19 @@ def default_thresholds():
     gc.set_threshold(*saved)
 
 
-def test_fewer_collections_raises_the_first_threshold_and_restores_it(default_thresholds: None) -> None:
+def test_fewer_collections_raises_the_first_two_thresholds_and_restores_them(default_thresholds: None) -> None:
     with fewer_collections():
-        assert gc.get_threshold() == (RUN_THRESHOLD, 10, 10)
+        assert gc.get_threshold() == (RUN_THRESHOLD, RUN_MIDDLE_THRESHOLD, 10)
     assert gc.get_threshold() == (700, 10, 10)
+
+
+def test_a_process_that_already_collects_more_rarely_is_not_made_to_collect_more_often(
+    default_thresholds: None,
+) -> None:
+    gc.set_threshold(700, 500, 10)
+    with fewer_collections():
+        assert gc.get_threshold() == (RUN_THRESHOLD, 500, 10)
+    assert gc.get_threshold() == (700, 500, 10)
 
 
 def test_overlapping_runs_share_the_setting_until_the_last_one_ends(default_thresholds: None) -> None:
@@ -136,3 +146,88 @@ def test_runs_measure_resident_memory_by_default() -> None:
     memory = result["memory"]
     assert memory["how"].startswith("rss")
     assert memory["peak_bytes"] >= memory["start_bytes"] > 10 * 2**20  # a Python process is tens of MiB resident
+
+
+def test_cancelled_timers_leave_the_heap_and_the_rest_keep_their_order() -> None:
+    """Most of a run's timers are cancelled before they fire (every timeout that is not reached): they must go."""
+    loop = VirtualTimeLoop()
+    fired: list[int] = []
+
+    async def main() -> tuple[int, int]:
+        timers = [loop.call_later(1.0 + (i % 7), fired.append, i) for i in range(300)]
+        for i, timer in enumerate(timers):
+            if i % 3:
+                timer.cancel()
+        await anyio.lowlevel.checkpoint()  # one turn: more than half cancelled, so the heap is swept
+        left = len(loop._timers)
+        await anyio.sleep(10.0)
+        return left, len(loop._timers)
+
+    try:
+        left, after = loop.run_until_complete(main())
+    finally:
+        loop.close()
+    kept = [i for i in range(300) if i % 3 == 0]
+    assert left == len(kept)
+    assert after == 0
+    assert fired == sorted(kept, key=lambda i: (1.0 + (i % 7), i))  # by time, then in creation order
+
+
+def test_the_clock_lands_exactly_on_each_timer() -> None:
+    async def main() -> list[float]:
+        seen = []
+        for delay in (0.1, 0.2, 1e-9, 86_400.0 * 3, 0.3):
+            await anyio.sleep(delay)
+            seen.append(anyio.current_time())
+        return seen
+
+    seen = run_virtual(main)
+    expected, now = [], 0.0
+    for delay in (0.1, 0.2, 1e-9, 86_400.0 * 3, 0.3):
+        now += delay
+        expected.append(now)
+    assert seen == expected  # to the last bit: the loop jumps to the timer's time, it does not add a wait
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_the_loops_sleep_is_the_one_anyio_awaits(backend: str) -> None:
+    async def main() -> tuple[str, float, bool]:
+        sleep = sleep_of_running_loop()
+        start = anyio.current_time()
+        await sleep(2.5)
+        with anyio.move_on_after(1.0) as scope:  # cancelled by anyio's scopes like anyio.sleep
+            await sleep(10.0)
+        return sleep.__module__, anyio.current_time() - start, scope.cancelled_caught
+
+    module, elapsed, cancelled = run_virtual(main, backend=backend)
+    assert module.split(".")[0] == backend
+    assert elapsed == pytest.approx(3.5)
+    assert cancelled
+
+
+def test_the_loops_sleep_needs_a_running_loop() -> None:
+    with pytest.raises(RuntimeError):
+        sleep_of_running_loop()
+
+
+def test_the_world_waits_with_the_sleep_it_is_given() -> None:
+    from payflow_lab.core.recorder import Recorder
+    from payflow_lab.core.world import World
+
+    waits: list[float] = []
+
+    async def counted(delay: float) -> None:
+        waits.append(delay)
+        await anyio.sleep(delay)
+
+    async def main() -> float:
+        clock = clock_of_running_loop()
+        world = World(seed=3, scale=0.02, clock=clock, recorder=Recorder(clock), sleep=counted)
+        payment = world.new_payment()
+        await world.db_query(payment)
+        await world.update_risk_score(payment)
+        return clock()
+
+    elapsed = run_virtual(main)
+    assert len(waits) == 2
+    assert elapsed == pytest.approx(sum(waits))

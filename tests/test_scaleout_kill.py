@@ -119,7 +119,12 @@ def test_a_paused_dispatcher_does_not_deliver_what_it_lost_and_its_late_sends_ar
     assert rows["statuses"] == {"delivered": 400}
     assert len(ids) == len(set(ids)) == 400 and set(ids) == rows["ids"]
     woke = finals[paused]["dispatcher"]
-    print(f"paused held {held}; after waking: lease lost {woke['lease_lost']}; duplicates absorbed {duplicates}")
-    # Woken after its lease: what it had not started it dropped, what was on the wire it could not mark.
-    assert woke["lease_lost"] >= 1
+    print(
+        f"paused held {held}; after waking: lease lost {woke['lease_lost']}, unfinished {woke['unfinished']}; "
+        f"duplicates absorbed {duplicates}"
+    )
+    # Woken after its lease: what it had not started it dropped (lease lost); what was on the wire it could not
+    # mark (lease lost), or the bus's timeout, long past when the process woke, abandoned it first (unfinished).
+    # Which of the two a call on the wire meets depends on what the waking loop notices first.
+    assert woke["lease_lost"] + woke["unfinished"] >= 1
     assert duplicates <= rows["extra_claims"]

@@ -14,8 +14,6 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
 
-import anyio
-
 from payflow_lab.core.domain import Payment
 from payflow_lab.core.world import World
 
@@ -77,13 +75,13 @@ async def arrivals(world: World, until: float, submit: Callable[[Payment], Await
             return
         rate = rate_at(world, now)
         if rate <= 0:  # no customers at all: look again in a second
-            await anyio.sleep(min(1.0, until - now))
+            await world.sleep(min(1.0, until - now))
             continue
         gap = rng.expovariate(rate)
         if gap > 1.0 or now + gap >= until:
-            await anyio.sleep(min(1.0, max(0.0, until - now)))
+            await world.sleep(min(1.0, max(0.0, until - now)))
             continue
-        await anyio.sleep(gap)
+        await world.sleep(gap)
         result = submit(world.new_payment())
         if result is not None:
             await result

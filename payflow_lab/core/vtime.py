@@ -34,7 +34,6 @@ import heapq
 import itertools
 import math
 import random
-import selectors
 import sys
 import threading
 from collections.abc import Awaitable, Callable
@@ -50,6 +49,7 @@ __all__ = [
     "in_worker_thread",
     "loop_running_here",
     "run_virtual",
+    "sleep_of_running_loop",
 ]
 
 T = TypeVar("T")
@@ -58,99 +58,44 @@ T = TypeVar("T")
 BACKENDS = ("asyncio", "trio")
 
 
-class _VirtualSelector(selectors.BaseSelector):
-    """A selector that polls real file descriptors but never blocks on a timeout: it advances the clock."""
-
-    def __init__(self, loop_clock: _Clock) -> None:
-        self._real = selectors.DefaultSelector()
-        self._clock = loop_clock
-        self._turns = 0
-
-    def register(self, fileobj: Any, events: int, data: Any = None) -> selectors.SelectorKey:
-        return self._real.register(fileobj, events, data)
-
-    def unregister(self, fileobj: Any) -> selectors.SelectorKey:
-        return self._real.unregister(fileobj)
-
-    def modify(self, fileobj: Any, events: int, data: Any = None) -> selectors.SelectorKey:
-        return self._real.modify(fileobj, events, data)
-
-    def select(self, timeout: float | None = None) -> list[tuple[selectors.SelectorKey, int]]:
-        if timeout is None:
-            # Nothing scheduled at all: only another thread can wake us, so wait for real.
-            return self._real.select(None)
-        # Real file descriptors (another thread's wake-up) take no virtual time, so looking at them
-        # on every 64th turn is enough: every look is a system call, and a run takes hundreds of
-        # thousands of turns. (Virtual time never waits on a thread: see the module docstring.)
-        self._turns += 1
-        if self._turns >= 64:
-            self._turns = 0
-            ready = self._real.select(0)
-            if ready:
-                return ready
-        if timeout > 0:
-            clock = self._clock
-            due = clock.next_due()
-            if due is not None and 0.0 < due - clock.now <= timeout + 1e-6:
-                clock.now = due  # exactly the timer's time: "now + (due - now)" can miss it by a rounding step
-            else:
-                clock.now += timeout  # asyncio caps one wait at a day
-        return []
-
-    def get_key(self, fileobj: Any) -> selectors.SelectorKey:
-        return self._real.get_key(fileobj)
-
-    def get_map(self) -> Any:
-        return self._real.get_map()
-
-    def close(self) -> None:
-        self._real.close()
-
-
-class _Clock:
-    __slots__ = ("now", "next_due")
-
-    def __init__(self) -> None:
-        self.now = 0.0
-        self.next_due: Callable[[], float | None] = lambda: None
-
-
-class _OrderedTimerHandle(asyncio.TimerHandle):
-    """A timer that, due at the same time as another, runs in the order the two were created (trio's order here)."""
-
-    __slots__ = ("_serial",)
-
-    def __init__(
-        self,
-        when: float,
-        callback: Callable[..., Any],
-        args: tuple[Any, ...],
-        loop: asyncio.AbstractEventLoop,
-        context: Any,
-        serial: int,
-    ) -> None:
-        super().__init__(when, callback, args, loop, context)
-        self._serial = serial
-
-    def __lt__(self, other: _OrderedTimerHandle) -> bool:  # type: ignore[override]
-        # Every timer on the loop is one of these (call_at below makes them all). heapq calls this for
-        # every comparison, over a million times a run: plain attribute reads, no tuples, no isinstance.
-        # _when is what asyncio's own TimerHandle compares (typeshed does not declare it).
-        when, other_when = self._when, other._when  # type: ignore[attr-defined]
-        return when < other_when or (when == other_when and self._serial < other._serial)
+#: A virtual loop looks at real file descriptors (another thread's wake-up) once every this many turns.
+_TURNS_PER_LOOK = 64
 
 
 class VirtualTimeLoop(asyncio.SelectorEventLoop):
-    """An asyncio event loop on a virtual clock that starts at 0 and jumps to the next timer."""
+    """An asyncio event loop on a virtual clock that starts at 0 and jumps to the next timer.
+
+    One turn of the loop (``_run_once``, asyncio's name) is asyncio's own, in
+    the same order, with three differences that make it virtual and cheap:
+
+    * when nothing is ready to run, the clock jumps to the next timer instead
+      of the selector waiting for it;
+    * timers sit in a heap of ``(when, serial, handle)`` tuples, so that timers
+      due at the same instant run in the order they were created (asyncio's
+      heap of handles would pop them in whatever order its shape gives) and
+      the heap compares tuples in C, not handles in Python (a run makes
+      millions of comparisons);
+    * real file descriptors take no virtual time, so the loop looks at them
+      only every :data:`_TURNS_PER_LOOK` turns (every look is a system call,
+      and a run takes hundreds of thousands of turns). Virtual time never
+      waits on a thread (see the module docstring); a thread's
+      ``call_soon_threadsafe`` still gets its callback into the next turn.
+
+    Written by hand: asyncio's loop has no hook for its clock or its timer
+    heap, and no maintained library offers a virtual-time asyncio loop for a
+    whole run (asyncio's test utilities mock the clock for single tests).
+    """
 
     def __init__(self) -> None:
-        self._virtual = _Clock()
-        super().__init__(selector=_VirtualSelector(self._virtual))
-        self._virtual.next_due = self._next_due
+        super().__init__()
+        self._now = 0.0
+        self._timers: list[tuple[float, int, asyncio.TimerHandle]] = []
         self._timers_created = 0
+        self._timers_cancelled = 0
+        self._turns = 0
 
     def time(self) -> float:
-        return self._virtual.now
+        return self._now
 
     def call_at(  # type: ignore[override]
         self,
@@ -159,31 +104,64 @@ class VirtualTimeLoop(asyncio.SelectorEventLoop):
         *args: Any,
         context: Any = None,
     ) -> asyncio.TimerHandle:
-        # asyncio's own call_at, with timers due at the same instant kept in creation order (asyncio's
-        # heap would pop them in whatever order its shape gives).
         if when is None:
             raise TypeError("when cannot be None")
         self._check_closed()  # type: ignore[attr-defined]
+        timer = asyncio.TimerHandle(when, callback, args, self, context)
         self._timers_created += 1
-        timer = _OrderedTimerHandle(when, callback, args, self, context, self._timers_created)
-        heapq.heappush(self._scheduled, timer)  # type: ignore[attr-defined]
+        heapq.heappush(self._timers, (when, self._timers_created, timer))
         timer._scheduled = True  # type: ignore[attr-defined]
         return timer
 
-    def _next_due(self) -> float | None:
-        scheduled = self._scheduled  # type: ignore[attr-defined]
-        return scheduled[0].when() if scheduled else None
+    def _timer_handle_cancelled(self, handle: asyncio.TimerHandle) -> None:
+        if handle._scheduled:  # type: ignore[attr-defined]
+            self._timers_cancelled += 1
 
-    # asyncio runs every timer due before "now + clock resolution" (a nanosecond on Linux), so a
-    # timer due a hair later than another would run early, at the other's time. One step of float
-    # at the current time runs exactly the timers due by now, as trio does.
-    @property
-    def _clock_resolution(self) -> float:
-        return math.ulp(self._virtual.now)
+    def _run_once(self) -> None:
+        timers, ready = self._timers, self._ready  # type: ignore[attr-defined]
+        # Cancelled timers leave the heap as asyncio's do: all at once when they are more than
+        # half of it, otherwise as they reach its head.
+        if len(timers) > 100 and 2 * self._timers_cancelled > len(timers):
+            kept = []
+            for entry in timers:
+                if entry[2]._cancelled:
+                    entry[2]._scheduled = False  # type: ignore[attr-defined]
+                else:
+                    kept.append(entry)
+            heapq.heapify(kept)
+            self._timers = timers = kept
+            self._timers_cancelled = 0
+        else:
+            while timers and timers[0][2]._cancelled:
+                self._timers_cancelled -= 1
+                heapq.heappop(timers)[2]._scheduled = False  # type: ignore[attr-defined]
 
-    @_clock_resolution.setter
-    def _clock_resolution(self, value: float) -> None:
-        pass  # asyncio's __init__ sets the real clock's; ours follows the virtual one
+        if ready or self._stopping or timers:  # type: ignore[attr-defined]
+            if not (ready or self._stopping) and timers[0][0] > self._now:  # type: ignore[attr-defined]
+                self._now = timers[0][0]  # exactly the timer's time: no "now + delay" rounding
+            self._turns += 1
+            if self._turns >= _TURNS_PER_LOOK:
+                self._turns = 0
+                self._process_events(self._selector.select(0))  # type: ignore[attr-defined]
+        else:
+            # Nothing scheduled at all: only another thread can wake us, so wait for real.
+            self._process_events(self._selector.select(None))  # type: ignore[attr-defined]
+
+        now = self._now
+        while timers and timers[0][0] <= now:
+            timer = heapq.heappop(timers)[2]
+            timer._scheduled = False  # type: ignore[attr-defined]
+            ready.append(timer)
+
+        # Run what is ready now, not what these callbacks make ready: that waits for the next turn.
+        for _ in range(len(ready)):
+            handle = ready.popleft()
+            if not handle._cancelled:
+                handle._run()
+
+    def close(self) -> None:
+        super().close()
+        self._timers.clear()
 
 
 class _FirstInFirstOut(random.Random):
@@ -280,6 +258,28 @@ def clock_of_running_loop() -> Callable[[], float]:
 
     trio.lowlevel.current_task()  # raises RuntimeError outside a trio run, as asyncio's lookup does
     return trio.current_time
+
+
+def sleep_of_running_loop() -> Callable[[float], Awaitable[None]]:
+    """The running event loop's own sleep, as a function: what ``anyio.sleep`` awaits, looked up once.
+
+    ``anyio.sleep(delay)`` asks which backend is running (sniffio) and then
+    awaits that backend's sleep: ``asyncio.sleep(delay)`` or
+    ``trio.sleep(delay)``, cancelled by anyio's cancel scopes like any other
+    await. A simulation's services sleep hundreds of thousands of times a
+    run, always on the same loop, so the runner asks once and hands the world
+    this function (see :class:`~payflow_lab.core.world.World`). Call it from
+    inside the loop.
+    """
+    try:
+        asyncio.get_running_loop()
+        return asyncio.sleep
+    except RuntimeError:
+        pass
+    import trio
+
+    trio.lowlevel.current_task()  # raises RuntimeError outside a trio run, as asyncio's lookup does
+    return trio.sleep
 
 
 def loop_running_here() -> bool:

@@ -32,6 +32,7 @@ import math
 import random
 import weakref
 from collections.abc import Awaitable, Callable
+from typing import Any
 
 import anyio
 
@@ -122,7 +123,9 @@ class World:
     ``clock`` returns story time (seconds since midnight); ``scale`` shrinks
     merchants, traffic and the pool together. ``recorder`` receives the
     authorizations the gateway makes (so that a payment whose request later
-    dies is known to be *stuck*, not merely failed).
+    dies is known to be *stuck*, not merely failed). ``sleep`` is how a
+    service waits out its latency (``anyio.sleep`` by default); the runner
+    passes its loop's own, asked for once.
     """
 
     def __init__(
@@ -133,6 +136,7 @@ class World:
         clock: Callable[[], float],
         recorder: Recorder,
         faults: FaultPlan | None = None,
+        sleep: Callable[[float], Awaitable[Any]] | None = None,
     ) -> None:
         integer("seed", seed, minimum=0)
         number("scale", scale, minimum=SCALE_LIMITS[0], maximum=SCALE_LIMITS[1])
@@ -151,6 +155,9 @@ class World:
         self._calls: weakref.WeakKeyDictionary[Payment, dict[str, int]] = weakref.WeakKeyDictionary()
         self._card_fates: dict[str, tuple[float, bool]] = {}
         self.clock = clock
+        #: How a service waits out its latency: ``anyio.sleep`` unless the runner hands over its
+        #: loop's own (:func:`~payflow_lab.core.vtime.sleep_of_running_loop`, the same sleep, asked for once).
+        self.sleep = sleep if sleep is not None else anyio.sleep
         self.recorder = recorder
         self.faults = faults or FaultPlan()
         self.merchants = MerchantDirectory(self._make_merchants())
@@ -282,14 +289,14 @@ class World:
             dice = self.dice(payment, "authorize")
             fate = (_lognormal(dice, cal.AUTHORIZATION), dice.random() < cal.DECLINE_RATE)
         latency, declined = fate
-        await anyio.sleep(latency)
+        await self.sleep(latency)
         if declined:
             raise Declined("card declined by the network")
         self.recorder.payment_authorized(payment, latency)
 
     async def db_query(self, payment: Payment) -> None:
         """One fast query about ``payment`` on a connection the caller holds."""
-        await anyio.sleep(_lognormal(self.dice(payment, "db_query"), cal.DB_QUERY))
+        await self.sleep(_lognormal(self.dice(payment, "db_query"), cal.DB_QUERY))
 
     async def deliver_webhook(self, payment: Payment, *, attempt: int | None = None) -> None:
         """POST ``payment.authorized`` to the payment's merchant. Slow, failing or hanging as the fault plan says.
@@ -303,7 +310,7 @@ class World:
         mode, extra_error = faults.endpoint_mode(merchant.id, merchant.tier)
         dice = self.dice(payment, "webhook", attempt)
         if mode is EndpointMode.DOWN:
-            await anyio.sleep(0.005 + 0.01 * dice.random())
+            await self.sleep(0.005 + 0.01 * dice.random())
             raise EndpointError("connection refused")
         if mode is EndpointMode.HANG or (faults.webhook_hang_rate and dice.random() < faults.webhook_hang_rate):
             del dice  # a hung call lives long: keep nothing it does not need
@@ -313,14 +320,14 @@ class World:
         latency *= faults.webhook_latency_multiplier
         failed = dice.random() < max(profile.error_rate, extra_error)
         del dice
-        await anyio.sleep(latency)
+        await self.sleep(latency)
         if failed:
             raise EndpointError("HTTP 503 from merchant endpoint")
 
     async def _db_write(self, payment: Payment, kind: str, checkout_timeout: float | None, attempt: int | None) -> None:
         duration = _lognormal(self.dice(payment, kind, attempt), cal.SIDE_EFFECTS[kind])
         async with self.pool.connection(checkout_timeout):
-            await anyio.sleep(duration)
+            await self.sleep(duration)
 
     async def write_analytics(
         self, payment: Payment, *, checkout_timeout: float | None = None, attempt: int | None = None
@@ -339,11 +346,11 @@ class World:
 
     async def update_risk_score(self, payment: Payment, *, attempt: int | None = None) -> None:
         """Recalculate the merchant's risk score (~3 s)."""
-        await anyio.sleep(_lognormal(self.dice(payment, "risk", attempt), cal.SIDE_EFFECTS["risk"]))
+        await self.sleep(_lognormal(self.dice(payment, "risk", attempt), cal.SIDE_EFFECTS["risk"]))
 
     async def notify_fraud(self, payment: Payment, *, attempt: int | None = None) -> None:
         """Tell the fraud system about the payment (~2 s)."""
-        await anyio.sleep(_lognormal(self.dice(payment, "fraud", attempt), cal.SIDE_EFFECTS["fraud"]))
+        await self.sleep(_lognormal(self.dice(payment, "fraud", attempt), cal.SIDE_EFFECTS["fraud"]))
 
     def service(self, kind: str) -> Callable[..., Awaitable[None]]:
         """The service behind side effect ``kind`` (one of :data:`SIDE_EFFECT_KINDS`)."""
