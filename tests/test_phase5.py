@@ -15,6 +15,7 @@ from functools import cache
 from typing import Any
 
 import anyio
+import pytest
 
 import payflow_lab as pf
 from payflow_lab.core.domain import Payment, Tier
@@ -389,3 +390,61 @@ def test_a_first_failure_is_handed_to_tenacity_as_attempt_one() -> None:
 
     error = run_virtual(give_up)
     assert error.attempts == 2 and isinstance(error.last_error, ConnectionError)
+
+
+@pytest.mark.parametrize(
+    ("script", "outcome", "second_tries"),
+    [
+        (["ok"], None, 0),
+        (["hang", "ok"], None, 1),
+        (["pool", "ok"], None, 1),
+        (["hang", "hang"], "timeout (5 s), twice", 1),
+        (["pool", "pool"], "no database connection within 1 s, twice", 1),
+        (["hang", "pool"], "no database connection within 1 s, twice", 1),
+        (["pool", "hang"], "timeout (5 s), twice", 1),
+    ],
+)
+def test_an_internal_side_effect_gets_one_second_try_after_either_kind_of_timeout(
+    script: list[str], outcome: str | None, second_tries: int
+) -> None:
+    """The handler's own clock and the pool's checkout both count as timing out; the message names the last one."""
+    from payflow_lab.core.errors import GaveUp, PoolTimeout
+    from payflow_lab.core.vtime import clock_of_running_loop
+    from payflow_lab.phases.hardened import CALL_TIMEOUT_S, SECOND_TRY_JITTER_S
+    from payflow_lab.phases.hook_bus import SIDE_EFFECT_CHECKOUT_TIMEOUT_S as CHECKOUT_S
+
+    calls: list[tuple[float, dict[str, Any]]] = []
+
+    async def main() -> tuple[str | None, float]:
+        clock = clock_of_running_loop()
+        world = World(seed=5, scale=0.02, clock=clock, recorder=Recorder(clock))
+        steps = iter(script)
+
+        async def scripted(payment: Payment, **options: Any) -> None:
+            calls.append((clock(), options))
+            step = next(steps)
+            if step == "hang":
+                await anyio.sleep_forever()
+            elif step == "pool":
+                await anyio.sleep(CHECKOUT_S)
+                raise PoolTimeout(f"no database connection free within {CHECKOUT_S:g} s")
+
+        world.service = lambda kind: scripted  # type: ignore[method-assign]
+        pipeline = HardenedPipeline(world)
+        handler = pipeline._handler("audit")
+        try:
+            await handler(world.new_payment())
+        except GaveUp as exc:
+            return str(exc), clock()
+        finally:
+            assert sum(pipeline.second_tries.values()) == second_tries
+        return None, clock()
+
+    message, _ = run_virtual(main)
+    assert message == outcome
+    assert len(calls) == len(script)
+    assert all(options == {"checkout_timeout": CHECKOUT_S} for _, options in calls)  # audit is a database write
+    if len(calls) == 2:
+        first_took = CALL_TIMEOUT_S if script[0] == "hang" else CHECKOUT_S
+        gap = calls[1][0] - calls[0][0] - first_took
+        assert 0.0 <= gap <= SECOND_TRY_JITTER_S  # the second try waits a jittered moment, not in lockstep
