@@ -315,7 +315,7 @@ class Simulation:
             raise RuntimeError("the simulation is not accepting payments (not running, or shutting down)")
         self.world.merchants.validate(payment)
         self.recorder.payment_started(payment)
-        self._requests.start_soon(self._drive, payment)
+        self._requests.start_soon(self._drive, payment, name="payment")
 
     async def _drive(self, payment: Payment) -> None:
         recorder = self.recorder
@@ -327,9 +327,7 @@ class Simulation:
             recorder.payment_errored(payment, "declined by the card network")
         except PoolTimeout:
             recorder.payment_errored(payment, "no database connection within the checkout timeout")
-        except anyio.get_cancelled_exc_class():
-            raise
-        except Exception as exc:
+        except Exception as exc:  # not a cancellation: that is no Exception, and goes on to the task group
             recorder.payment_errored(payment, f"error: {type(exc).__name__}: {exc}")
         else:
             recorder.payment_completed(payment)

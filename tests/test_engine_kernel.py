@@ -231,3 +231,53 @@ def test_the_world_waits_with_the_sleep_it_is_given() -> None:
     elapsed = run_virtual(main)
     assert len(waits) == 2
     assert elapsed == pytest.approx(sum(waits))
+
+
+def _fields(handle: object) -> dict[str, object]:
+    slots = [slot for cls in type(handle).__mro__ for slot in getattr(cls, "__slots__", ()) if slot != "__weakref__"]
+    return {slot: getattr(handle, slot) for slot in slots}  # AttributeError: a field asyncio has and ours lacks
+
+
+def test_the_virtual_loops_handles_carry_every_field_asyncios_own_do() -> None:
+    """The loop builds its handles without asyncio's constructor: a Python that adds a field must fail here."""
+    import asyncio
+    import contextvars
+
+    loop = VirtualTimeLoop()
+    try:
+        context = contextvars.copy_context()
+        soon = loop.call_soon(print, "soon", context=context)
+        assert type(soon) is asyncio.Handle
+        assert _fields(soon) == _fields(asyncio.Handle(print, ("soon",), loop, context))
+        later = loop.call_at(5.0, print, "later", context=context)
+        assert type(later) is asyncio.TimerHandle
+        expected = _fields(asyncio.TimerHandle(5.0, print, ("later",), loop, context))
+        assert _fields(later) == {**expected, "_scheduled": True}  # ours is on the heap
+        assert loop.call_soon(print)._context is not None  # no context given: a copy of the current one
+        soon.cancel()
+        later.cancel()
+    finally:
+        loop.close()
+
+
+@pytest.mark.parametrize("debug", [False, True])
+def test_a_failing_callback_is_reported_and_the_loop_goes_on(debug: bool) -> None:
+    import asyncio
+
+    loop = VirtualTimeLoop()
+    loop.set_debug(debug)
+    reported: list[dict[str, object]] = []
+    loop.set_exception_handler(lambda _, context: reported.append(context))
+
+    async def main() -> float:
+        loop.call_soon(lambda: 1 / 0)
+        loop.call_later(0.5, lambda: {}["missing"])
+        await asyncio.sleep(1.0)
+        return loop.time()
+
+    try:
+        assert loop.run_until_complete(main()) == 1.0
+    finally:
+        loop.close()
+    assert [type(context["exception"]) for context in reported] == [ZeroDivisionError, KeyError]
+    assert all(str(context["message"]).startswith("Exception in callback") for context in reported)

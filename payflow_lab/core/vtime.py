@@ -30,6 +30,7 @@ still take real time, so the engine never does either while in virtual time.
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import heapq
 import itertools
 import math
@@ -56,6 +57,27 @@ T = TypeVar("T")
 
 #: The virtual-time backends, default first.
 BACKENDS = ("asyncio", "trio")
+
+
+def _new_handle(
+    cls: type[asyncio.Handle], callback: Callable[..., Any], args: tuple[Any, ...], loop: Any, context: Any
+) -> Any:
+    """A handle with the fields asyncio's ``Handle.__init__`` sets, set directly.
+
+    asyncio's constructor asks the loop whether it is in debug mode on every
+    call (a run makes over a million handles); the virtual loop asks once per
+    call and builds debug-mode handles the usual way. ``tests/test_engine_kernel.py``
+    checks that these handles carry every field asyncio's own do.
+    """
+    handle: Any = cls.__new__(cls)
+    handle._context = context if context is not None else contextvars.copy_context()
+    handle._loop = loop
+    handle._callback = callback
+    handle._args = args
+    handle._cancelled = False
+    handle._repr = None
+    handle._source_traceback = None
+    return handle
 
 
 #: A virtual loop looks at real file descriptors (another thread's wake-up) once every this many turns.
@@ -107,11 +129,25 @@ class VirtualTimeLoop(asyncio.SelectorEventLoop):
         if when is None:
             raise TypeError("when cannot be None")
         self._check_closed()  # type: ignore[attr-defined]
-        timer = asyncio.TimerHandle(when, callback, args, self, context)
+        if self._debug:  # type: ignore[attr-defined]
+            timer = asyncio.TimerHandle(when, callback, args, self, context)
+        else:
+            timer = _new_handle(asyncio.TimerHandle, callback, args, self, context)
+            timer._when = when
         self._timers_created += 1
         heapq.heappush(self._timers, (when, self._timers_created, timer))
         timer._scheduled = True  # type: ignore[attr-defined]
         return timer
+
+    def call_soon(  # type: ignore[override]
+        self, callback: Callable[..., Any], *args: Any, context: Any = None
+    ) -> asyncio.Handle:
+        if self._debug:  # type: ignore[attr-defined]
+            return super().call_soon(callback, *args, context=context)
+        self._check_closed()  # type: ignore[attr-defined]
+        handle: asyncio.Handle = _new_handle(asyncio.Handle, callback, args, self, context)
+        self._ready.append(handle)  # type: ignore[attr-defined]
+        return handle
 
     def _timer_handle_cancelled(self, handle: asyncio.TimerHandle) -> None:
         if handle._scheduled:  # type: ignore[attr-defined]
@@ -154,10 +190,19 @@ class VirtualTimeLoop(asyncio.SelectorEventLoop):
             ready.append(timer)
 
         # Run what is ready now, not what these callbacks make ready: that waits for the next turn.
+        # (Handle._run, written out: a run calls over a million callbacks.)
         for _ in range(len(ready)):
             handle = ready.popleft()
-            if not handle._cancelled:
-                handle._run()
+            if handle._cancelled:
+                continue
+            try:
+                handle._context.run(handle._callback, *handle._args)
+            except (SystemExit, KeyboardInterrupt):
+                raise
+            except BaseException as exc:
+                self.call_exception_handler(
+                    {"message": f"Exception in callback {handle._callback!r}", "exception": exc, "handle": handle}
+                )
 
     def close(self) -> None:
         super().close()
