@@ -5,8 +5,8 @@ backend:
 
 ``asyncio``
     :class:`VirtualTimeLoop`, a selector event loop whose clock is a number
-    and whose selector, when asked to wait ``timeout`` seconds with nothing
-    ready, moves that number forward instead of waiting. Written by hand
+    that, when nothing is ready to run, jumps to the next timer's time
+    instead of waiting for it. Written by hand
     because neither asyncio nor any maintained library offers it (asyncio's
     test utilities mock the clock for single tests, not for a whole run).
     Task order is asyncio's own FIFO, so runs are deterministic.
