@@ -64,10 +64,11 @@ def _new_handle(
 ) -> Any:
     """A handle with the fields asyncio's ``Handle.__init__`` sets, set directly.
 
-    asyncio's constructor asks the loop whether it is in debug mode on every
-    call (a run makes over a million handles); the virtual loop asks once per
-    call and builds debug-mode handles the usual way. ``tests/test_engine_kernel.py``
-    checks that these handles carry every field asyncio's own do.
+    asyncio's constructor calls the loop's ``get_debug()`` for every handle (a
+    run makes over a million); the virtual loop reads its debug flag where it
+    makes a handle, and in debug mode builds them the usual way, with their
+    source tracebacks. ``tests/test_engine_kernel.py`` checks that these
+    handles carry every field asyncio's own do.
     """
     handle: Any = cls.__new__(cls)
     handle._context = context if context is not None else contextvars.copy_context()
@@ -103,6 +104,9 @@ class VirtualTimeLoop(asyncio.SelectorEventLoop):
       waits on a thread (see the module docstring); a thread's
       ``call_soon_threadsafe`` still gets its callback into the next turn.
 
+    It also builds its handles without asyncio's constructor (see
+    :func:`_new_handle`) and runs them without ``Handle._run``'s extra frame;
+    a callback that raises still goes to the loop's exception handler.
     Written by hand: asyncio's loop has no hook for its clock or its timer
     heap, and no maintained library offers a virtual-time asyncio loop for a
     whole run (asyncio's test utilities mock the clock for single tests).
