@@ -119,7 +119,13 @@ def check_rendered(notebook: NotebookPage, lesson: Lesson) -> None:
     panels, figures = notebook.count(".payflow-panel"), notebook.count(".js-plotly-plot")
     assert panels >= lesson.panels, f"{panels} control panels rendered, expected at least {lesson.panels}"
     assert figures >= lesson.figures, f"{figures} plotly figures rendered, expected at least {lesson.figures}"
+    # plotly draws after the output arrives, and a dashboard gets its date axis on its first update: on a busy
+    # machine that can come a moment after Run All. Give the page up to 15 s to settle, then report what is left.
+    deadline = time.monotonic() + 15
     problems = notebook.rendering_problems()
+    while problems and time.monotonic() < deadline:
+        notebook.page.wait_for_timeout(250)
+        problems = notebook.rendering_problems()
     assert not problems, "some outputs did not render:\n" + "\n".join(problems)
     errors = notebook.console_errors()
     assert not errors, "the browser console shows errors after Run All:\n" + "\n".join(map(str, errors))
