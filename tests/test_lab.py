@@ -295,6 +295,63 @@ class TestReadablePlots:
 
 
 # ================================================================== dashboard
+class RecordingComm:
+    """Stands in for the kernel's comm: keeps what the widget opened with and every message it sent after."""
+
+    opened: list[RecordingComm] = []
+
+    def __init__(self, **kwargs: Any) -> None:
+        self.open_data = kwargs["data"]
+        self.sent: list[dict[str, Any]] = []
+        self.comm_id = f"recording-{len(RecordingComm.opened)}"
+        self.kernel = object()
+        RecordingComm.opened.append(self)
+
+    def send(self, data: dict[str, Any] | None = None, buffers: Any = None) -> None:
+        self.sent.append(data or {})
+
+    def on_msg(self, callback: Any) -> None:
+        pass
+
+    def close(self, *args: Any, **kwargs: Any) -> None:
+        pass
+
+
+@pytest.fixture
+def recording_comms(monkeypatch: pytest.MonkeyPatch) -> list[RecordingComm]:
+    import ipywidgets.widgets.widget as widget_module
+
+    RecordingComm.opened = []
+    monkeypatch.setattr(widget_module.comm, "create_comm", RecordingComm)
+    return RecordingComm.opened
+
+
+class TestFigureWidget:
+    """The browser's first message about a figure must be the whole figure (a view drawn before any update)."""
+
+    def test_the_dashboard_opens_with_its_layout_and_sends_nothing_before(self, recording_comms):
+        dash = Dashboard(panels={"DB pool": ["db_in_use"]})
+        [comm] = [c for c in recording_comms if "_widget_layout" in c.open_data["state"]]
+        layout = comm.open_data["state"]["_widget_layout"]
+        assert comm is dash.figure.comm
+        assert layout.get("xaxis", {}).get("type") == "date", (
+            "a view drawn from the first message types the axis itself"
+        )
+        assert {"xaxis2", "xaxis3", "annotations", "title"} <= set(layout), sorted(layout)
+        late = [m for m in comm.sent if {"_widget_layout", "_widget_data"} & set(m.get("state", {}))]
+        assert late == [], f"the figure itself came after the first message: {late}"
+
+    def test_updates_still_reach_the_browser_after_it_opens(self, recording_comms):
+        from payflow_lab.lab.figure_widget import FigureWidget
+
+        figure = FigureWidget(layout={"xaxis": {"type": "date"}})
+        assert figure.comm is not None and figure.comm.open_data["state"]["_widget_data"] == []
+        figure.add_scatter(x=["2026-11-27 14:00:00"], y=[1.0])
+        assert any("_py2js_addTraces" in message.get("state", {}) for message in figure.comm.sent)
+        figure.layout.title.text = "after"
+        assert any("_py2js_relayout" in message.get("state", {}) for message in figure.comm.sent)
+
+
 class TestDashboard:
     def test_update_reads_only_new_rows_and_sends_nothing_without_them(self):
         dash = Dashboard()

@@ -43,6 +43,7 @@ import plotly.graph_objects as go
 
 from payflow_lab.core.recorder import hhmmss
 from payflow_lab.core.validation import number
+from payflow_lab.lab.figure_widget import FigureWidget
 from payflow_lab.lab.plots import (
     BASE_PANELS,
     LABEL_GAP,
@@ -141,7 +142,7 @@ class Dashboard:
         layout = make_layout(self.panels, title=title, height=height)
         if not self.memory:
             note_memory_off(layout)
-        self.figure = go.FigureWidget(layout)
+        self.figure = FigureWidget(layout)
         self._base_annotations = tuple(self.figure.layout.annotations)  # panel titles, the memory note
         self.figure.add_class("payflow-dashboard")
         self.readout = widgets.HTML()

@@ -38,6 +38,7 @@ from payflow_lab.durable.fleet import Fleet, ReceiverProcess, load_payments
 from payflow_lab.durable.outbox import Outbox
 from payflow_lab.durable.pgcluster import TemporaryPostgres
 from payflow_lab.durable.stores import open_outbox
+from payflow_lab.lab.figure_widget import FigureWidget
 
 __all__ = ["FleetView"]
 
@@ -139,7 +140,7 @@ class FleetView:
         self.kill_button.on_click(lambda _b: self._guard(self.kill_one))
         self.stop_button.on_click(lambda _b: self._guard(self.stop))
         self.readout = widgets.HTML()
-        self.figure = go.FigureWidget(
+        self.figure = FigureWidget(
             layout=go.Layout(
                 height=460,
                 margin={"l": 60, "r": 20, "t": 40, "b": 40},

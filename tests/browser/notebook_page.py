@@ -98,7 +98,8 @@ _RENDERING_JS = """() => {
     if (!g.querySelector('.main-svg') || !g._fullLayout) problems.push(`plotly figure #${i + 1} was not drawn`);
     else if (!size(g)) problems.push(`plotly figure #${i + 1} has no size`);
     else if (g.closest('.payflow-dashboard-box') && g._fullLayout.xaxis && g._fullLayout.xaxis.type !== 'date')
-      problems.push(`plotly figure #${i + 1}: the story-time axis is ${g._fullLayout.xaxis.type}, not date`);
+      problems.push(`plotly figure #${i + 1}: the story-time axis is ${g._fullLayout.xaxis.type}, not date ` +
+        `(its layout says ${JSON.stringify((g.layout.xaxis || {}).type)}; ${(g.data || []).length} traces)`);
   });
   document.querySelectorAll('.payflow-panel').forEach((p, i) => {
     if (!size(p)) problems.push(`control panel #${i + 1} has no size`);

@@ -119,8 +119,9 @@ def check_rendered(notebook: NotebookPage, lesson: Lesson) -> None:
     panels, figures = notebook.count(".payflow-panel"), notebook.count(".js-plotly-plot")
     assert panels >= lesson.panels, f"{panels} control panels rendered, expected at least {lesson.panels}"
     assert figures >= lesson.figures, f"{figures} plotly figures rendered, expected at least {lesson.figures}"
-    # plotly draws after the output arrives, and a dashboard gets its date axis on its first update: on a busy
-    # machine that can come a moment after Run All. Give the page up to 15 s to settle, then report what is left.
+    # plotly draws a moment after the output arrives, and on a busy machine that can be after Run All has ended.
+    # Give the page up to 15 s to settle, then report what is left. (A dashboard whose story-time axis stayed
+    # linear was a real fault, not slowness: see payflow_lab/lab/figure_widget.py.)
     deadline = time.monotonic() + 15
     problems = notebook.rendering_problems()
     while problems and time.monotonic() < deadline:
