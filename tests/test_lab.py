@@ -14,6 +14,8 @@ import json
 import math
 import re
 import time
+import uuid
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -303,7 +305,7 @@ class RecordingComm:
     def __init__(self, **kwargs: Any) -> None:
         self.open_data = kwargs["data"]
         self.sent: list[dict[str, Any]] = []
-        self.comm_id = f"recording-{len(RecordingComm.opened)}"
+        self.comm_id = f"recording-{uuid.uuid4().hex}"  # unique: ipywidgets keeps every widget by this id
         self.kernel = object()
         RecordingComm.opened.append(self)
 
@@ -318,12 +320,16 @@ class RecordingComm:
 
 
 @pytest.fixture
-def recording_comms(monkeypatch: pytest.MonkeyPatch) -> list[RecordingComm]:
+def recording_comms(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[RecordingComm]]:
     import ipywidgets.widgets.widget as widget_module
 
     RecordingComm.opened = []
     monkeypatch.setattr(widget_module.comm, "create_comm", RecordingComm)
-    return RecordingComm.opened
+    yield RecordingComm.opened
+    # Close what the test made, so no widget with a stand-in comm is left for interpreter shutdown to close.
+    for widget in list(widget_module._instances.values()):
+        if isinstance(widget.comm, RecordingComm):
+            widget.close()
 
 
 class TestFigureWidget:
