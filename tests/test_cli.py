@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import json
 import os
+import statistics
 import subprocess
 import sys
+from typing import Any
 
 import pytest
 
@@ -171,6 +173,25 @@ def test_bench_reports_backends_in_json():
     assert rows["backends.ratio"]["value"] == pytest.approx(
         rows["backends.asyncio"]["value"] / rows["backends.trio"]["value"], rel=0.02
     )
+
+
+def test_phase5_over_phase4_is_the_median_of_back_to_back_pairs(monkeypatch):
+    """Each pair times Phase 4 then Phase 5 at once, so one slow minute moves one pair, not the row."""
+    from payflow_lab.app import bench
+
+    calls: list[int] = []
+    speeds = iter([4000.0, 3000.0, 2000.0, 1000.0, 4200.0, 3000.0])  # the second pair ran in a slow minute
+
+    def fake_rate(phase: int, **kwargs: Any) -> tuple[float, int]:
+        assert kwargs == {"repeats": 1}, kwargs
+        calls.append(phase)
+        return next(speeds), 4299
+
+    monkeypatch.setattr(bench, "simulated_rate", fake_rate)
+    pairs = bench.phase5_over_phase4_pairs(3)
+    assert calls == [4, 5, 4, 5, 4, 5]
+    assert pairs == pytest.approx([4000 / 3000, 2.0, 1.4])
+    assert statistics.median(pairs) == pytest.approx(1.4)
 
 
 def test_a_long_run_shows_a_progress_bar_on_a_terminal():

@@ -48,6 +48,7 @@ from __future__ import annotations
 import json
 import os
 import platform
+import statistics
 import subprocess
 import sys
 import time
@@ -119,6 +120,23 @@ def _target(name: str, key: str, value: float, target: float, **extra: Any) -> R
     }
 
 
+def phase5_over_phase4_pairs(pairs: int) -> list[float]:
+    """Phase 4's speed over Phase 5's, each pair measured back to back (memory off, normal day, scale 1).
+
+    The two speeds of a pair are taken a second apart, so a slow minute
+    slows both. Taken minutes apart (the per-phase rows), the ratio read 1.64
+    in one full bench and 1.32 in the next, on the same idle 2-core machine
+    and the same code.
+    """
+    ratios = []
+    for pair in range(pairs):
+        note(f"phase 4 then phase 5, pair {pair + 1}/{pairs}")
+        phase4, _ = simulated_rate(4, repeats=1)
+        phase5, _ = simulated_rate(5, repeats=1)
+        ratios.append(phase4 / phase5)
+    return ratios
+
+
 def bench_simulation(quick: bool) -> list[Row]:
     """Each phase's speed with memory off, measured the default way, and traced; and the ratios the targets are on."""
     from payflow_lab.core.recorder import DEFAULT_MEMORY
@@ -164,12 +182,15 @@ def bench_simulation(quick: bool) -> list[Row]:
         }
     )
     if 4 in phases and 5 in phases:
+        pairs = phase5_over_phase4_pairs(1 if quick else 5)
         rows.append(
             _target(
-                f"phase 5 over phase 4, the same normal day at scale 1 (target <= {PHASE5_OVER_PHASE4_TARGET:g})",
+                f"phase 5 over phase 4, the same normal day at scale 1 (median of {len(pairs)} back-to-back "
+                f"pairs; target <= {PHASE5_OVER_PHASE4_TARGET:g})",
                 "simulation.phase5_over_phase4",
-                rates[4, "off"] / rates[5, "off"],
+                statistics.median(pairs),
                 PHASE5_OVER_PHASE4_TARGET,
+                pairs=[round(pair, 3) for pair in pairs],
             )
         )
         # Black Friday: Phase 5 also does more of the simulated work there (retries, second tries, deferrals).
